@@ -1,0 +1,27 @@
+"""Typed errors: everything a user can cause derives from BnRewriteError.
+
+The CLI turns these into one line on stderr and an exit code (see report.py);
+anything else escaping the library is an internal bug and may raise.
+"""
+from __future__ import annotations
+
+
+class BnRewriteError(Exception):
+    """A problem the user can fix: names the file (when known) and the problem."""
+
+    def __init__(self, problem: str, path: str | None = None) -> None:
+        self.problem = problem
+        self.path = path
+        super().__init__(f"{path}: {problem}" if path else problem)
+
+
+class GraphLoadError(BnRewriteError):
+    """The file is missing, unreadable, or not a GraphDef."""
+
+
+class InvalidGraphError(BnRewriteError):
+    """The GraphDef parsed but is not a well-formed graph (see validate.py)."""
+
+
+class VerificationError(BnRewriteError):
+    """The rewritten graph does not compute what the original does."""

@@ -1,0 +1,172 @@
+"""Find every batch norm: match each catalogue variant at every node, read its
+parameters into one canonical shape, tell training from inference mode, and join
+the two branches of a Keras learning-phase tf.cond into one finding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import names
+from .fold_math import BNParams, as_channel_vector, channel_layout
+from .hosts import layout_channel_axis
+from .index import GraphIndex
+from .matcher import Match, match
+from .pattern import root_types
+from .variants import Variant, catalogue, statistics
+
+ROLES = ("gamma", "beta", "mean", "variance")
+_IDENTITY = frozenset({"Identity", "Snapshot"})
+
+
+@dataclass(frozen=True)
+class Finding:
+    form: str
+    output: str  # node whose output 0 is the normalised tensor
+    x: str  # the tensor being normalised
+    nodes: frozenset[str]  # ops the batch norm spans (not x, not its constants)
+    param_nodes: frozenset[str]  # constants (and their read chains) feeding it
+    values: Mapping[str, np.ndarray | None]  # raw gamma/beta/mean/variance; None: not constant
+    epsilon: float | None
+    channels: int | None
+    channel_axis: int
+    training: bool
+    statistics: str  # moving | fed | fused | moments | sufficient_statistics
+    axes: tuple[int, ...] = ()  # reduction axes of batch statistics
+    problem: str | None = None  # why the parameters cannot be read as per-channel vectors
+    branches: Mapping[str, "Finding"] = field(default_factory=dict)
+
+    def params(self) -> BNParams | None:
+        """Canonical float64 parameters; None unless every one is a usable constant."""
+        if self.problem or self.channels is None or self.epsilon is None:
+            return None
+        vectors = [None if self.values.get(r) is None else as_channel_vector(self.values[r], self.channels)
+                   for r in ROLES]
+        if any(v is None for v in vectors):
+            return None
+        return BNParams(*vectors, epsilon=self.epsilon, channel_axis=self.channel_axis)
+
+    def vector(self, role: str) -> np.ndarray | None:
+        value = self.values.get(role)
+        if value is None or self.channels is None:
+            return None
+        return as_channel_vector(value, self.channels)
+
+
+def find_batch_norms(index: GraphIndex) -> list[Finding]:
+    """All batch norms in topological order of their outputs; overlaps resolved."""
+    variants = [(variant, root_types(variant.pattern)) for variant in catalogue()]
+    found: list[Finding] = []
+    for name in index.order:
+        node_op = index.nodes[name].op
+        for variant, roots in variants:
+            if node_op not in roots:
+                continue
+            result = match(variant.pattern, index, name)
+            if isinstance(result, Match):
+                finding = _read(variant, result, index, name)
+                if finding is not None:
+                    found.append(finding)
+                    break
+    found = _join_conds(index, _without_overlaps(index, found))
+    return sorted(found, key=lambda f: index.topo_position[f.output])
+
+
+def _read(variant: Variant, found: Match, index: GraphIndex, root: str) -> Finding | None:
+    def attr(role: str, default: Any = None) -> Any:
+        key = variant.attrs.get(role)
+        return index.attr(root, key, default) if key else default
+
+    values: dict[str, np.ndarray | None] = {
+        role: found.values[role] if role in found.values else _DEFAULTS[role] for role in ROLES
+    }
+    if not attr("use_gamma", True):
+        values["gamma"] = _DEFAULTS["gamma"]  # the op ignores its gamma input
+    eps = found.values.get("epsilon")
+    epsilon = float(np.asarray(eps).reshape(-1)[0]) if eps is not None else attr("epsilon")
+    nodes, param_nodes = set(found.nodes), set(found.param_nodes)
+    training, stats, axes = bool(attr("training", False)), "moving", ()
+    if training:
+        stats = "fused"
+    elif values["mean"] is None or values["variance"] is None:
+        batch = _batch_statistics(index, found)
+        if batch is None:
+            stats = "fed"
+        elif 0 not in batch[1]:
+            return None  # statistics over non-batch axes: layer or instance norm, not ours
+        else:
+            (stats, axes, stat_nodes, stat_params), training = batch, True
+            nodes |= stat_nodes
+            param_nodes |= stat_params
+    if training:
+        values["mean"] = values["variance"] = None
+    layout = attr("data_format")
+    known = [v for v in values.values() if v is not None and v.size != 0]
+    shape = channel_layout(known)
+    problem = None if shape is not None else "parameter shapes disagree"
+    channels, axis = shape if shape is not None else (None, -1)
+    if variant.attrs.get("data_format"):
+        axis = layout_channel_axis(layout or "NHWC")
+        if not known:
+            channels = None
+    return Finding(variant.form, root, found.tensors["x"], frozenset(nodes), frozenset(param_nodes),
+                   values, epsilon, channels, axis, training, stats, tuple(axes), problem)
+
+
+_DEFAULTS: dict[str, Any] = {"gamma": np.ones(1), "beta": np.zeros(1), "mean": None, "variance": None}
+
+
+def _batch_statistics(index: GraphIndex, found: Match):
+    """(name, axes, nodes, constant nodes) when mean and variance come from the batch."""
+    bound = {"x": found.tensors["x"]}
+    for stats in statistics():
+        mean = match(stats.mean, index, found.tensors["mean"], bound)
+        if not isinstance(mean, Match):
+            continue
+        variance = match(stats.variance, index, found.tensors["variance"], mean.tensors)
+        if not isinstance(variance, Match):
+            continue
+        axes = tuple(sorted(int(a) for a in np.asarray(mean.values["axes"]).reshape(-1)))
+        return (stats.name, axes, mean.nodes | variance.nodes,
+                mean.param_nodes | variance.param_nodes)
+    return None
+
+
+def _without_overlaps(index: GraphIndex, found: list[Finding]) -> list[Finding]:
+    """Where matches share nodes, keep the one spanning more (a formula with beta
+    also contains its beta-less subexpression)."""
+    kept, claimed = [], set()
+    for finding in sorted(found, key=lambda f: (-len(f.nodes), index.topo_position[f.output])):
+        if finding.nodes & claimed:
+            continue
+        kept.append(finding)
+        claimed |= finding.nodes
+    return kept
+
+
+def _join_conds(index: GraphIndex, found: list[Finding]) -> list[Finding]:
+    """A Merge choosing between a training and an inference batch norm of the same
+    Switch'ed input is one Keras batch-norm layer, reported once."""
+    by_output = {f.output: f for f in found}
+    joined: dict[str, Finding] = {}
+    for name in index.order:
+        if index.nodes[name].op != "Merge":
+            continue
+        inputs = [index.skip_passthrough(t, _IDENTITY) for t in index.data_inputs(name)]
+        branches = [by_output.get(t) for t, _ in inputs if names.parse(t).index == 0]
+        if len(branches) != 2 or None in branches or branches[0].training == branches[1].training:
+            continue
+        train, infer = sorted(branches, key=lambda f: not f.training)
+        if index.skip_passthrough(train.x)[0] != index.skip_passthrough(infer.x)[0]:
+            continue
+        chains = {node for _, chain in inputs for node in chain}
+        joined[name] = replace(
+            infer, form="cond", output=name, training=True, statistics=train.statistics,
+            axes=train.axes, nodes=train.nodes | infer.nodes | chains | {name},
+            param_nodes=train.param_nodes | infer.param_nodes,
+            branches={"training": train, "inference": infer},
+        )
+    merged = {b.output for j in joined.values() for b in j.branches.values()}
+    return [f for f in found if f.output not in merged] + list(joined.values())

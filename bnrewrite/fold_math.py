@@ -1,0 +1,53 @@
+"""Pure numpy batch-norm arithmetic, in float64.
+
+Every form reduces to BNParams; y = x * scale + offset per channel with
+scale = gamma / sqrt(variance + epsilon) and offset = beta - mean * scale.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BNParams:
+    gamma: np.ndarray
+    beta: np.ndarray
+    mean: np.ndarray
+    variance: np.ndarray
+    epsilon: float
+    channel_axis: int = -1
+
+    def scale_offset(self) -> tuple[np.ndarray, np.ndarray]:
+        scale = self.gamma / np.sqrt(self.variance + self.epsilon)
+        return scale, self.beta - self.mean * scale
+
+
+def as_channel_vector(value: np.ndarray, channels: int) -> np.ndarray | None:
+    """A parameter as a float64 vector of `channels`; None if its shape cannot be one."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.size == 1:
+        return np.full(channels, array.reshape(-1)[0])
+    if array.size != channels or sum(d > 1 for d in array.shape) != 1:
+        return None
+    return array.reshape(-1)
+
+
+def channel_layout(values: list[np.ndarray]) -> tuple[int, int] | None:
+    """(channels, negative channel axis) implied by broadcastable parameter shapes.
+
+    A [C] vector broadcasts along the last axis, a [C, 1, 1] one along the third
+    from last. All non-scalar parameters must agree; None when they do not.
+    """
+    layouts = set()
+    for value in values:
+        if value.size <= 1:
+            continue
+        wide = [i for i, d in enumerate(value.shape) if d > 1]
+        if len(wide) != 1:
+            return None
+        layouts.add((int(value.shape[wide[0]]), wide[0] - value.ndim))
+    if len(layouts) > 1:
+        return None
+    return layouts.pop() if layouts else (1, -1)

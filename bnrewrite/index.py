@@ -1,0 +1,157 @@
+"""GraphIndex: a read-only view of a GraphDef that the matcher and planner query.
+
+It answers: which node has this name, who consumes this tensor, what constant value
+does this tensor carry (looking through the Identity/Snapshot/Switch/Cast chains that
+freezing and control flow leave between a Const and its use), and in which order do
+nodes run.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import cached_property
+from typing import Any, Iterable, NamedTuple
+
+import networkx as nx
+import numpy as np
+
+from . import names, tensors
+
+# Ops that forward input 0 unchanged (Switch forwards it on whichever port is taken).
+PASSTHROUGH = frozenset({"Identity", "Snapshot", "StopGradient", "PreventGradient", "Switch"})
+# Ops that consume nothing of the value and are never a fetched output.
+NOT_OUTPUTS = frozenset(
+    {"NoOp", "Assert", "Const", "Placeholder", "PlaceholderWithDefault", "SaveV2", "Save",
+     "SaveSlices", "RestoreV2", "Restore", "RestoreSlice", "MergeV2Checkpoints", "Print", "PrintV2"}
+)
+INPUT_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "PlaceholderV2"})
+
+
+class ConstValue(NamedTuple):
+    value: np.ndarray
+    chain: tuple[str, ...]  # nodes from the use back to the Const, Const last
+
+
+class GraphIndex:
+    def __init__(self, graph_def: Any) -> None:
+        self.graph_def = graph_def
+        self.nodes: dict[str, Any] = {}
+        for node in graph_def.node:
+            self.nodes.setdefault(node.name, node)
+        self.order = [node.name for node in graph_def.node]
+        self._consumers: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        self._users: dict[str, set[str]] = defaultdict(set)
+        self._ports: dict[str, set[int]] = defaultdict(set)
+        for node in graph_def.node:
+            for position, ref in enumerate(node.input):
+                parsed = names.parse(ref)
+                self._users[parsed.node].add(node.name)
+                if not parsed.control:
+                    self._consumers[str(parsed)].append((node.name, position))
+                    self._ports[parsed.node].add(parsed.index)
+        self._const_cache: dict[str, ConstValue | None] = {}
+
+    def node(self, ref: str) -> Any | None:
+        return self.nodes.get(names.node_of(ref))
+
+    def op(self, ref: str) -> str | None:
+        node = self.node(ref)
+        return node.op if node is not None else None
+
+    def data_inputs(self, name: str) -> list[str]:
+        node = self.nodes[name]
+        return [names.canonical(ref) for ref in node.input if not ref.startswith("^")]
+
+    def consumers(self, tensor: str) -> list[tuple[str, int]]:
+        """Nodes (and input positions) that read this tensor as data."""
+        return list(self._consumers.get(names.canonical(tensor), ()))
+
+    def node_consumers(self, name: str) -> set[str]:
+        """Every node that reads any output of `name`, data or control."""
+        return set(self._users.get(name, ()))
+
+    def used_outputs(self, name: str) -> set[int]:
+        """Output ports of `name` that some node reads as data."""
+        return set(self._ports.get(name, ()))
+
+    def attr(self, name: str, key: str, default: Any = None) -> Any:
+        node = self.nodes[name]
+        if key not in node.attr:
+            return default
+        value = node.attr[key]
+        kind = value.WhichOneof("value")
+        if kind == "s":
+            return value.s.decode("utf-8", "replace")
+        if kind == "list":
+            return list(value.list.i) or [s.decode() for s in value.list.s]
+        return getattr(value, kind) if kind else default
+
+    def skip_passthrough(self, tensor: str, ops: frozenset[str] = PASSTHROUGH
+                         ) -> tuple[str, tuple[str, ...]]:
+        """Follow Identity-like ops back to the tensor that really produces the value."""
+        chain: list[str] = []
+        seen = set()
+        while True:
+            node = self.node(tensor)
+            if node is None or node.op not in ops or not node.input or node.name in seen:
+                return names.canonical(tensor), tuple(chain)
+            seen.add(node.name)
+            chain.append(node.name)
+            tensor = names.canonical(node.input[0])
+
+    def const_value(self, tensor: str) -> ConstValue | None:
+        """The constant a tensor always carries, through pass-through ops and Casts."""
+        tensor = names.canonical(tensor)
+        if tensor not in self._const_cache:
+            self._const_cache[tensor] = None  # guards against cycles through Cast chains
+            self._const_cache[tensor] = self._resolve_const(tensor)
+        return self._const_cache[tensor]
+
+    def _resolve_const(self, tensor: str) -> ConstValue | None:
+        source, chain = self.skip_passthrough(tensor)
+        node = self.node(source)
+        if node is None:
+            return None
+        if node.op == "Const" and names.parse(source).index == 0 and "value" in node.attr:
+            value = tensors.to_numpy(node.attr["value"].tensor)
+            return None if value is None else ConstValue(value, chain + (node.name,))
+        if node.op == "Cast" and node.input:
+            inner = self.const_value(node.input[0])
+            target = tensors.numpy_dtype(node.attr["DstT"].type)
+            if inner is None or target is None:
+                return None
+            return ConstValue(inner.value.astype(target), chain + (node.name,) + inner.chain)
+        return None
+
+    @cached_property
+    def digraph(self) -> nx.DiGraph:
+        """Data and control edges producer -> consumer (back edges of while loops dropped)."""
+        graph = nx.DiGraph()
+        graph.add_nodes_from(self.nodes)
+        for node in self.nodes.values():
+            for ref in node.input:
+                source = names.node_of(ref)
+                producer = self.nodes.get(source)
+                if producer is not None and producer.op not in ("NextIteration", "RefNextIteration"):
+                    graph.add_edge(source, node.name)
+        return graph
+
+    @cached_property
+    def topo_position(self) -> dict[str, int]:
+        position = {name: i for i, name in enumerate(self.order)}
+        order = nx.lexicographical_topological_sort(self.digraph, key=position.__getitem__)
+        return {name: i for i, name in enumerate(order)}
+
+    def inferred_inputs(self) -> list[str]:
+        return [name for name in self.order if self.nodes[name].op in INPUT_OPS]
+
+    def inferred_outputs(self) -> list[str]:
+        """Nodes nothing consumes, minus those that cannot be a fetched result."""
+        return [name for name in self.order
+                if not self._users.get(name) and self.nodes[name].op not in NOT_OUTPUTS]
+
+    def ancestors(self, names_: Iterable[str]) -> set[str]:
+        result: set[str] = set()
+        for name in names_:
+            if name in self.digraph and name not in result:
+                result |= nx.ancestors(self.digraph, name) | {name}
+        return result

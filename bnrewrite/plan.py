@@ -1,0 +1,140 @@
+"""Findings -> actions. The one place that decides what happens to each batch norm:
+`fold` into the host's weights, `fuse` into one FusedBatchNormV3, or `skip`.
+
+The refusal checks are data: an ordered table of (reason, test). The first test that
+holds names the reason; the action for a refused batch norm follows from the reason.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .findings import Finding, find_batch_norms
+from .hosts import HOSTS, HostMatch, find_host
+from .index import GraphIndex
+
+FOLD, FUSE, SKIP = "fold", "fuse", "skip"
+
+# The stable reason strings (the audit's JSON promises these) and what they mean.
+REASONS = {
+    "learning-phase-cond": "inside a learning-phase tf.cond: which branch runs is decided at run time",
+    "training-mode": "statistics come from the batch: folding would change the results",
+    "side-output-used": "the batch mean/variance or reserve outputs are read by other nodes",
+    "channel-mismatch": "the parameters' channel axis or count does not line up with the host's output",
+    "not-constant": "a parameter is not a constant",
+    "no-linear-host": "the input does not come from a linear op it could fold into",
+    "host-has-other-consumers": "the host's output (or its bias) is also read outside the batch norm",
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    finding: Finding
+    action: str
+    reason: str | None
+    detail: str  # a sentence for people: what exactly blocked it, or what will happen
+    host: HostMatch | None
+    shared_weights: bool = False  # the rewrite must clone the weights before scaling them
+
+
+@dataclass(frozen=True)
+class _Context:
+    finding: Finding
+    host: HostMatch | None
+    index: GraphIndex
+
+
+def _side_outputs(c: _Context) -> str | None:
+    if not c.finding.form.startswith("FusedBatchNorm"):
+        return None
+    used = sorted(c.index.used_outputs(c.finding.output) - {0})
+    return f"outputs {used} of {c.finding.output} are read" if used else None
+
+
+def _not_constant(c: _Context) -> str | None:
+    missing = [role for role, value in c.finding.values.items() if value is None]
+    if missing:
+        return f"{', '.join(missing)} of {c.finding.output} not constant"
+    if c.finding.epsilon is None:
+        return "epsilon is not known"
+    return None
+
+
+def _mismatch(c: _Context) -> str | None:
+    f, h = c.finding, c.host
+    if h is None or h.weights is None:
+        return None
+    if h.channel_axis != f.channel_axis or h.channels != f.channels:
+        return (f"{h.node} gives {h.channels} channels on axis {h.channel_axis}, the batch norm "
+                f"normalises {f.channels} on axis {f.channel_axis}")
+    return None
+
+
+def _host_weights(c: _Context) -> str | None:
+    return f"weights of {c.host.node} are not constant" if c.host and c.host.weights is None else None
+
+
+def _other_consumers(c: _Context) -> str | None:
+    chain = list(c.host.chain)
+    for node, next_nodes in zip(chain, [{n} for n in chain[1:]] + [set(c.finding.nodes)]):
+        outside = c.index.node_consumers(node) - next_nodes
+        if outside:
+            return f"{node} is also read by {', '.join(sorted(outside))}"
+    return None
+
+
+def _when(test: Callable[[_Context], bool], detail: str) -> Callable[[_Context], str | None]:
+    return lambda c: detail if test(c) else None
+
+
+# Ordered: the first that applies is the reason reported.
+CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
+    ("learning-phase-cond", _when(lambda c: bool(c.finding.branches), "training and inference branches")),
+    ("training-mode", _when(lambda c: c.finding.training, "batch statistics")),
+    ("side-output-used", _side_outputs),
+    ("channel-mismatch", lambda c: c.finding.problem),
+    ("not-constant", _not_constant),
+    ("no-linear-host", _when(lambda c: c.host is None, "input is not produced by a foldable op")),
+    ("not-constant", _host_weights),
+    ("channel-mismatch", _mismatch),
+    ("host-has-other-consumers", _other_consumers),
+)
+
+
+def _action_when_refused(finding: Finding, reason: str) -> str:
+    if reason in ("learning-phase-cond", "side-output-used", "not-constant"):
+        return SKIP
+    if reason == "training-mode":
+        return FUSE if _fusable_statistics(finding) else SKIP
+    return SKIP if finding.form == "FusedBatchNormV3" else FUSE  # already the fused form
+
+
+def _fusable_statistics(finding: Finding) -> bool:
+    """Batch statistics over every axis but the last one: FusedBatchNormV3 training."""
+    rank = len(finding.axes) + 1
+    return (finding.statistics in ("moments", "sufficient_statistics")
+            and finding.axes == tuple(range(rank - 1)) and 2 <= rank <= 5 and finding.channel_axis == -1)
+
+
+def decide(index: GraphIndex, finding: Finding) -> Decision:
+    host = find_host(index, finding.x)
+    context = _Context(finding, host, index)
+    for reason, check in CHECKS:
+        detail = check(context)
+        if detail:
+            return Decision(finding, _action_when_refused(finding, reason), reason, detail, host)
+    shared = host is not None and _weights_shared(index, host)
+    return Decision(finding, FOLD, None, f"fold into {host.node}", host, shared)
+
+
+def _weights_shared(index: GraphIndex, host: HostMatch) -> bool:
+    weights = index.data_inputs(host.node)[HOSTS[host.op].weights_input]
+    source, chain = index.skip_passthrough(weights)
+    for node in (source.split(":")[0], *chain):
+        if index.node_consumers(node) - {host.node, *chain}:
+            return True
+    return False
+
+
+def make_plan(index: GraphIndex) -> list[Decision]:
+    return [decide(index, finding) for finding in find_batch_norms(index)]

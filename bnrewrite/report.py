@@ -1,0 +1,127 @@
+"""Reports as dataclasses, rendered to text or JSON; and the one place that decides
+exit codes (DESIGN §5: 0 ok, 1 verification failed, 2 bad input or usage).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import BnRewriteError, VerificationError
+from .findings import Finding
+from .plan import Decision
+
+EXIT_OK, EXIT_DIFFERS, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def exit_code(error: BaseException | None) -> int:
+    if error is None:
+        return EXIT_OK
+    if isinstance(error, VerificationError):
+        return EXIT_DIFFERS
+    if isinstance(error, BnRewriteError):
+        return EXIT_BAD_INPUT
+    raise error  # not the user's doing: an internal bug keeps its traceback
+
+
+@dataclass
+class GraphInfo:
+    path: str | None
+    nodes: int
+    producer: int
+    inputs: list[str]
+    outputs: list[str]
+
+
+@dataclass
+class BatchNormEntry:
+    form: str
+    output: str
+    input: str
+    nodes: list[str]
+    channels: int | None
+    channel_axis: int
+    epsilon: float | None
+    training: bool
+    statistics: str
+    host: str | None  # op type of the linear op it folds into
+    host_node: str | None
+    action: str
+    reason: str | None
+    detail: str
+    gamma: list[float] | None
+    beta: list[float] | None
+    mean: list[float] | None
+    variance: list[float] | None
+    shared_weights: bool = False
+    branches: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class AuditReport:
+    graph: GraphInfo
+    batch_norms: list[BatchNormEntry]
+
+    def summary(self) -> dict[str, int]:
+        counts = Counter(entry.action for entry in self.batch_norms)
+        return {"batch_norms": len(self.batch_norms), "fold": counts["fold"], "fuse": counts["fuse"],
+                "skip": counts["skip"], "training": sum(e.training for e in self.batch_norms)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"graph": asdict(self.graph), "summary": self.summary(),
+                "batch_norms": [asdict(entry) for entry in self.batch_norms]}
+
+    def to_text(self) -> str:
+        g = self.graph
+        s = self.summary()
+        lines = [
+            f"{g.path or '<graph>'}: {g.nodes} nodes, producer {g.producer}",
+            f"  inputs:  {', '.join(g.inputs) or '(none)'}",
+            f"  outputs: {', '.join(g.outputs) or '(none)'}",
+            f"  {s['batch_norms']} batch norms: {s['fold']} fold, {s['fuse']} fuse, {s['skip']} skip"
+            f" ({s['training']} training mode)",
+        ]
+        if self.batch_norms:
+            lines.append(_table(
+                ("form", "output", "nodes", "C", "epsilon", "mode", "host", "action", "reason"),
+                [(e.form, e.output, str(len(e.nodes)), _blank(e.channels), _blank(e.epsilon, "{:g}"),
+                  "training" if e.training else "inference", e.host or "-", e.action, e.reason or "-")
+                 for e in self.batch_norms]))
+        return "\n".join(lines)
+
+
+def entry(decision: Decision) -> BatchNormEntry:
+    f = decision.finding
+    host = decision.host
+    return BatchNormEntry(
+        form=f.form, output=f.output, input=f.x, nodes=sorted(f.nodes), channels=f.channels,
+        channel_axis=f.channel_axis, epsilon=f.epsilon, training=f.training, statistics=f.statistics,
+        host=host.op if host else None, host_node=host.node if host else None,
+        action=decision.action, reason=decision.reason, detail=decision.detail,
+        gamma=_floats(f, "gamma"), beta=_floats(f, "beta"), mean=_floats(f, "mean"),
+        variance=_floats(f, "variance"), shared_weights=decision.shared_weights,
+        branches={role: {"form": b.form, "output": b.output, "statistics": b.statistics}
+                  for role, b in f.branches.items()},
+    )
+
+
+def to_json(reports: list[AuditReport]) -> str:
+    """One object for one graph, a list for several (the audit CLI's promise)."""
+    data: Any = [r.to_dict() for r in reports]
+    return json.dumps(data[0] if len(data) == 1 else data, indent=1, sort_keys=True)
+
+
+def _floats(finding: Finding, role: str) -> list[float] | None:
+    vector = finding.vector(role)
+    return None if vector is None else [float(v) for v in vector]
+
+
+def _blank(value: Any, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    render = lambda row: "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+    return "\n".join([render(header), render(tuple("-" * w for w in widths)), *map(render, rows)])

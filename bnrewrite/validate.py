@@ -1,0 +1,48 @@
+"""Structural checks a GraphDef must pass before we reason about it.
+
+Returns problems as sentences instead of raising, so callers can report all of
+them or just the first; `check` raises InvalidGraphError for the first.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable
+
+import networkx as nx
+
+from . import names
+from .errors import InvalidGraphError
+from .index import GraphIndex
+
+
+def problems(index: GraphIndex, outputs: Iterable[str] = ()) -> list[str]:
+    found: list[str] = []
+    for name, count in sorted(Counter(index.order).items()):
+        if count > 1:
+            found.append(f"duplicate node name '{name}' ({count} nodes)")
+    for node in index.graph_def.node:
+        if not node.name:
+            found.append("a node has an empty name")
+        if not node.op:
+            found.append(f"node '{node.name}' has no op")
+        for ref in node.input:
+            if names.node_of(ref) not in index.nodes:
+                found.append(f"node '{node.name}' reads '{ref}', which is not in the graph")
+    for output in outputs:
+        if names.node_of(output) not in index.nodes:
+            found.append(f"output '{output}' is not in the graph")
+    if not nx.is_directed_acyclic_graph(index.digraph):
+        cycle = nx.find_cycle(index.digraph)
+        path = " -> ".join([edge[0] for edge in cycle] + [cycle[-1][1]])
+        found.append(f"cycle: {path}")
+    return found
+
+
+def check(graph_def: Any, path: str | None = None, outputs: Iterable[str] = ()) -> GraphIndex:
+    """Index a graph, raising InvalidGraphError for the first problem found."""
+    index = GraphIndex(graph_def)
+    found = problems(index, outputs)
+    if found:
+        more = f" (and {len(found) - 1} more problems)" if len(found) > 1 else ""
+        raise InvalidGraphError(found[0] + more, path)
+    return index

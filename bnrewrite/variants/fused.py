@@ -1,0 +1,16 @@
+"""FusedBatchNorm, V2 and V3: one op, outputs y and (training) batch statistics."""
+from __future__ import annotations
+
+from ..pattern import Param, Var, op
+from . import Variant
+
+_ATTRS = {"epsilon": "epsilon", "training": "is_training", "data_format": "data_format"}
+
+VARIANTS = tuple(
+    Variant(
+        form=name,
+        pattern=op(name, Var("x"), Param("gamma"), Param("beta"), Param("mean"), Param("variance")),
+        attrs=_ATTRS,
+    )
+    for name in ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
+)
