@@ -7,11 +7,11 @@ nodes run.
 """
 from __future__ import annotations
 
+import graphlib
 from collections import defaultdict
 from functools import cached_property
 from typing import Any, Iterable, NamedTuple
 
-import networkx as nx
 import numpy as np
 
 from . import names, tensors
@@ -123,23 +123,36 @@ class GraphIndex:
         return None
 
     @cached_property
-    def digraph(self) -> nx.DiGraph:
-        """Data and control edges producer -> consumer (back edges of while loops dropped)."""
-        graph = nx.DiGraph()
-        graph.add_nodes_from(self.nodes)
-        for node in self.nodes.values():
-            for ref in node.input:
-                source = names.node_of(ref)
-                producer = self.nodes.get(source)
-                if producer is not None and producer.op not in ("NextIteration", "RefNextIteration"):
-                    graph.add_edge(source, node.name)
-        return graph
+    def predecessors(self) -> dict[str, list[str]]:
+        """Data and control producers of each node (back edges of while loops dropped)."""
+        preds: dict[str, list[str]] = {}
+        for name, node in self.nodes.items():
+            preds[name] = [source for source in (names.node_of(ref) for ref in node.input)
+                           if source in self.nodes
+                           and self.nodes[source].op not in ("NextIteration", "RefNextIteration")]
+        return preds
+
+    def find_cycle(self) -> list[str] | None:
+        try:
+            graphlib.TopologicalSorter(self.predecessors).prepare()
+        except graphlib.CycleError as error:
+            return list(error.args[1])  # producer -> consumer, first == last
+        return None
 
     @cached_property
     def topo_position(self) -> dict[str, int]:
-        position = {name: i for i, name in enumerate(self.order)}
-        order = nx.lexicographical_topological_sort(self.digraph, key=position.__getitem__)
-        return {name: i for i, name in enumerate(order)}
+        """Stable topological order (graphlib: networkx costs 0.2 s to import on the audit path)."""
+        return {name: i for i, name in enumerate(graphlib.TopologicalSorter(self.predecessors).static_order())}
+
+    @cached_property
+    def digraph(self) -> Any:
+        """networkx DiGraph producer -> consumer, for ancestry queries."""
+        import networkx as nx
+
+        graph = nx.DiGraph()
+        graph.add_nodes_from(self.nodes)
+        graph.add_edges_from((source, name) for name, sources in self.predecessors.items() for source in sources)
+        return graph
 
     def inferred_inputs(self) -> list[str]:
         return [name for name in self.order if self.nodes[name].op in INPUT_OPS]
@@ -150,6 +163,9 @@ class GraphIndex:
                 if not self._users.get(name) and self.nodes[name].op not in NOT_OUTPUTS]
 
     def ancestors(self, names_: Iterable[str]) -> set[str]:
+        """The named nodes and everything they depend on."""
+        import networkx as nx
+
         result: set[str] = set()
         for name in names_:
             if name in self.digraph and name not in result:

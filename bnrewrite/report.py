@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .errors import BnRewriteError, VerificationError
 from .findings import Finding
 from .plan import Decision
@@ -96,8 +98,9 @@ def entry(decision: Decision) -> BatchNormEntry:
     host = decision.host
     return BatchNormEntry(
         form=f.form, output=f.output, input=f.x, nodes=sorted(f.nodes), channels=f.channels,
-        channel_axis=f.channel_axis, epsilon=f.epsilon, training=f.training, statistics=f.statistics,
+        channel_axis=f.channel_axis, training=f.training, statistics=f.statistics,
         host=host.op if host else None, host_node=host.node if host else None,
+        epsilon=_shortest(f.epsilon),
         action=decision.action, reason=decision.reason, detail=decision.detail,
         gamma=_floats(f, "gamma"), beta=_floats(f, "beta"), mean=_floats(f, "mean"),
         variance=_floats(f, "variance"), shared_weights=decision.shared_weights,
@@ -115,6 +118,11 @@ def to_json(reports: list[AuditReport]) -> str:
 def _floats(finding: Finding, role: str) -> list[float] | None:
     vector = finding.vector(role)
     return None if vector is None else [float(v) for v in vector]
+
+
+def _shortest(value: float | None) -> float | None:
+    """Attributes and constants hold float32: report 0.001, not 0.0010000000474974513."""
+    return None if value is None else float(str(np.float32(value)))
 
 
 def _blank(value: Any, fmt: str = "{}") -> str:

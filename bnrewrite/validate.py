@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable
 
-import networkx as nx
-
 from . import names
 from .errors import InvalidGraphError
 from .index import GraphIndex
@@ -31,10 +29,9 @@ def problems(index: GraphIndex, outputs: Iterable[str] = ()) -> list[str]:
     for output in outputs:
         if names.node_of(output) not in index.nodes:
             found.append(f"output '{output}' is not in the graph")
-    if not nx.is_directed_acyclic_graph(index.digraph):
-        cycle = nx.find_cycle(index.digraph)
-        path = " -> ".join([edge[0] for edge in cycle] + [cycle[-1][1]])
-        found.append(f"cycle: {path}")
+    cycle = index.find_cycle()
+    if cycle:
+        found.append(f"cycle: {' -> '.join(cycle)}")
     return found
 
 

@@ -1,0 +1,67 @@
+"""Shared test helpers: paths, a tiny GraphDef builder, and running the CLI in-process."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.compat.proto import graph_pb2, types_pb2
+
+from bnrewrite import tensors
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+REALGRAPHS = ROOT.parent / "shared" / "realgraphs"
+
+
+def fixture_cases() -> list[str]:
+    return sorted(p.name.removesuffix(".expected.json") for p in FIXTURES.glob("*.expected.json"))
+
+
+def fixture_path(name: str) -> Path:
+    for suffix in (".pb", ".pbtxt"):
+        if (FIXTURES / (name + suffix)).exists():
+            return FIXTURES / (name + suffix)
+    raise FileNotFoundError(name)
+
+
+def expected(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.expected.json").read_text())
+
+
+class Builder:
+    """Hand-built GraphDefs for cases no generator should produce (broken graphs)."""
+
+    def __init__(self) -> None:
+        self.graph = graph_pb2.GraphDef()
+
+    def node(self, name: str, op: str, *inputs: str, **attrs) -> "Builder":
+        node = self.graph.node.add(name=name, op=op, input=list(inputs))
+        for key, value in attrs.items():
+            if isinstance(value, np.ndarray):
+                node.attr[key].tensor.CopyFrom(tensors.to_proto(value))
+            elif isinstance(value, bool):
+                node.attr[key].b = value
+            elif isinstance(value, float):
+                node.attr[key].f = value
+            elif isinstance(value, str):
+                node.attr[key].s = value.encode()
+            else:
+                node.attr[key].type = value
+        return self
+
+    def const(self, name: str, value) -> "Builder":
+        array = np.asarray(value, dtype=np.float32)
+        return self.node(name, "Const", value=array, dtype=types_pb2.DT_FLOAT)
+
+
+@pytest.fixture
+def builder() -> Builder:
+    return Builder()
+
+
+@pytest.fixture(scope="session")
+def realgraphs() -> Path:
+    assert REALGRAPHS.is_dir(), f"the shared real graphs are expected at {REALGRAPHS}"
+    return REALGRAPHS
