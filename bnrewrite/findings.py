@@ -163,7 +163,7 @@ def _join_conds(index: GraphIndex, found: list[Finding]) -> list[Finding]:
             continue
         chains = {node for _, chain in inputs for node in chain}
         joined[name] = replace(
-            infer, form="cond", output=name, training=True, statistics=train.statistics,
+            infer, form="cond", output=name, x=index.skip_passthrough(infer.x)[0], training=True, statistics=train.statistics,
             axes=train.axes, nodes=train.nodes | infer.nodes | chains | {name},
             param_nodes=train.param_nodes | infer.param_nodes,
             branches={"training": train, "inference": infer},

@@ -1,7 +1,7 @@
 """tf.nn.batch_normalization as TF 1.x emits it (batchnorm/ scope):
 
     inv = rsqrt(variance + epsilon) [* gamma]
-    y   = x * inv + (beta - mean * inv)      # or -(mean * inv) without beta
+    y   = x * inv + (beta - mean * inv)      # without beta: -mean * inv, i.e. Neg(mean) * inv
 
 `Add` before TF 1.15, `AddV2` after; fp16 graphs Cast inv and the shift to x's type.
 """
@@ -23,6 +23,7 @@ _MEAN_INV = op("Mul", Param("mean"), Var("inv"))
 
 VARIANTS = (
     Variant("batch_normalization", op(ADD, _SCALED_X, op("Sub", Const("beta"), _MEAN_INV))),
+    Variant("batch_normalization", op(ADD, _SCALED_X, op("Mul", op("Neg", Param("mean")), Var("inv")))),
     Variant("batch_normalization", op(ADD, _SCALED_X, op("Neg", _MEAN_INV))),
     # Hand-inlined beta-free version: x * inv - mean * inv.
     Variant("batch_normalization", op("Sub", _SCALED_X, _MEAN_INV)),

@@ -5,7 +5,7 @@ tf.nn.moments since TF 1.1:
     then Squeeze both unless keep_dims.
 TF 1.0 (sufficient_statistics + normalize_moments), with shift = StopGradient(Mean(x, axes)):
     divisor = Reciprocal(counts); shifted = Sum(x - shift) * divisor
-    mean = shifted + shift;       var = Sum(SquaredDifference(x, shift)) * divisor - Square(shifted)
+    mean = shifted + Reshape(shift); var = Sum(SquaredDifference(x, shift)) * divisor - Square(shifted)
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ ADD = "Add|AddV2"
 
 
 def _squeezed(pattern):
-    return alt(op("Squeeze", pattern), pattern)
+    """keep_dims=False drops the reduced axes with Squeeze (or, in TF 1.0, a Reshape)."""
+    return alt(op("Squeeze", pattern), op("Reshape", pattern, Const("shape")), pattern)
 
 
 _MEAN = op("Mean", Var("x"), Const("axes"), name="batch_mean")

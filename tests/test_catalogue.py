@@ -1,0 +1,53 @@
+"""Every catalogue fixture (tools/make_fixtures.py) is audited exactly as its sidecar says:
+the same batch norms, and for each its form, mode, host, action, reason, channel layout
+and the parameter values the generator set."""
+from __future__ import annotations
+
+import pytest
+
+import bnrewrite
+from conftest import expected, fixture_cases, fixture_path
+
+CASES = fixture_cases()
+FIELDS = ("form", "training", "statistics", "host", "action", "reason", "channels", "channel_axis")
+PARAMS = ("gamma", "beta", "mean", "variance")
+# Where the graph Casts float32 parameters to half before use, the audit reports the
+# values the graph computes with: the generator's float32 values rounded to fp16.
+REL = {"bn_half_cast": 1e-3}
+
+
+def test_the_catalogue_is_there():
+    assert len(CASES) >= 40, CASES
+    prefixes = {name.split("_")[0] for name in CASES}
+    assert {"bnwgn", "fbn", "bn", "formula", "train", "cond", "host", "trap", "neg"} <= prefixes
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_audit_matches_sidecar(name):
+    want = expected(name)
+    report = bnrewrite.audit(bnrewrite.load_graph(fixture_path(name)), name)
+    got = {entry.output: entry for entry in report.batch_norms}
+    assert sorted(got) == sorted(bn["output"] for bn in want["batch_norms"])
+    for bn in want["batch_norms"]:
+        entry = got[bn["output"]]
+        assert {f: getattr(entry, f) for f in FIELDS} == {f: bn[f] for f in FIELDS}, bn["output"]
+        assert entry.epsilon == pytest.approx(bn["epsilon"], rel=1e-6)
+        for role in PARAMS:
+            if bn[role] is None:
+                assert getattr(entry, role) is None, role
+            else:
+                rel = REL.get(name, 1e-6)
+                assert getattr(entry, role) == pytest.approx(bn[role], rel=rel, abs=rel / 10), role
+        if "branches" in bn:
+            assert {k: (v["form"], v["output"], v["statistics"]) for k, v in entry.branches.items()} == \
+                {k: (v["form"], v["output"], v["statistics"]) for k, v in bn["branches"].items()}
+    assert report.graph.inputs == want["inputs"]
+    assert sorted(report.graph.outputs) == sorted(want["outputs"])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_audit_leaves_the_callers_graph_alone(name):
+    graph = bnrewrite.load_graph(fixture_path(name))
+    before = graph.SerializeToString(deterministic=True)
+    bnrewrite.audit(graph)
+    assert graph.SerializeToString(deterministic=True) == before
