@@ -1,0 +1,573 @@
+"""Generate bnrewrite's test fixtures: small frozen TF1-style graphs, one per batch-norm form.
+
+For each case this writes ``fixtures/NAME.pb`` (binary GraphDef; a few cases use ``.pbtxt`` to
+exercise text loading) and ``fixtures/NAME.expected.json``, the sidecar that says which batch
+norms the audit must find and what the plan must do with them (schema: fixtures/README.md).
+
+Run from the repository root with the dev virtualenv (needs TensorFlow)::
+
+    .venv/bin/python tools/make_fixtures.py [--out fixtures] [--only NAME ...] [--check]
+
+Output is seeded and byte-stable: running it twice gives identical files. ``--check`` also
+imports and runs every graph marked ``runs_in_tf`` on random inputs and fails if it does not run
+or gives non-finite outputs.
+
+Cases are declared below as small builder functions registered with ``@case``; the helpers that
+name nodes the way TF 1.x did live in tools/fixturelib.py.
+"""
+
+import argparse
+import functools
+import glob
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fixturelib import (FORM_OPS, binary, bnwgn, build, control_flow_v1, conv2d,  # noqa: E402
+                        conv_setup, decomposed_bn, dense, finish, fused_bn, fused_tail,
+                        moments_tf10, run_graph)
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+CASES = []
+ONEDNN_NOTE = (" (NCHW Conv2D runs on CPU only through oneDNN, TF's x86 default; it fails with "
+               "TF_ENABLE_ONEDNN_OPTS=0.)")
+
+
+def case(name, description, fmt="pb", runs_in_tf=True):
+    """Register a builder ``build(fx)`` that fills the Fixture ``fx`` inside its graph."""
+    def register(builder):
+        CASES.append((name, description, fmt, runs_in_tf, builder))
+        return builder
+    return register
+
+
+# ----- 1. legacy BatchNormWithGlobalNormalization --------------------------------------------
+@case("bnwgn_conv_scale", "Conv2D -> legacy BatchNormWithGlobalNormalization "
+      "(scale_after_normalization=true, producer 8): folds into the Conv2D.")
+def _(fx):
+    y, p, t = conv_setup(fx, [None, 7, 5, 3], 6)
+    bn = bnwgn(fx, "bn/BatchNormWithGlobalNormalization", y, t, 1e-3)
+    fx.output(fx.node("out", "Relu", [bn], T=tf.float32))
+    fx.producer = 8
+    fx.expect("BatchNormWithGlobalNormalization", bn, y, p, 1e-3, "Conv2D")
+
+
+@case("bnwgn_conv_noscale", "Conv2D -> BatchNormWithGlobalNormalization with "
+      "scale_after_normalization=false (gamma present but ignored), no versions field, text "
+      "format: canonical gamma is ones.", fmt="pbtxt")
+def _(fx):
+    y, p, t = conv_setup(fx, [None, 6, 4, 3], 9)
+    bn = bnwgn(fx, "bn/BatchNormWithGlobalNormalization", y, t, 2e-3,
+               scale_after_normalization=False)
+    fx.output(fx.node("out", "Relu", [bn], T=tf.float32))
+    fx.producer = "absent"
+    fx.expect("BatchNormWithGlobalNormalization", bn, y, p, 2e-3, "Conv2D", gamma_ignored=True)
+
+
+# ----- 2. FusedBatchNorm / V2 / V3 ----------------------------------------------------------
+def fused_after_conv(fx, version, data_format, shape, channels, eps):
+    y = conv2d(fx, "conv1", fx.placeholder("x", shape), channels, data_format=data_format)
+    fused_tail(fx, y, channels, eps, "Conv2D", version, data_format)
+
+
+for _v, _df, _shape, _c, _eps in [(1, "NHWC", [None, 7, 5, 3], 8, 1.1e-5),
+                                  (2, "NHWC", [None, 6, 7, 2], 5, 3e-3),
+                                  (3, "NHWC", [None, 5, 6, 3], 12, 1e-4),
+                                  (1, "NCHW", [None, 3, 7, 5], 10, 4e-3),
+                                  (2, "NCHW", [None, 2, 6, 5], 7, 2.5e-5),
+                                  (3, "NCHW", [None, 4, 7, 6], 9, 5e-4)]:
+    case("fbn_v%d_conv_%s" % (_v, _df.lower()),
+         "Conv2D (%s) -> %s inference with moving statistics: folds into the Conv2D.%s"
+         % (_df, FORM_OPS[_v], ONEDNN_NOTE if _df == "NCHW" else ""))(
+        functools.partial(fused_after_conv, version=_v, data_format=_df, shape=_shape,
+                          channels=_c, eps=_eps))
+
+
+@case("fbn_v3_depthwise_mult2", "DepthwiseConv2dNative with channel multiplier 2 (4 -> 8 "
+      "channels) -> FusedBatchNormV3: folds into the depthwise filter [kh, kw, in, mult].")
+def _(fx):
+    x = fx.placeholder("x", [None, 7, 5, 4])
+    with tf.name_scope("dwconv"):
+        w = fx.weights("dwconv/depthwise_weights", [3, 3, 4, 2])
+        y = tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME", name="depthwise")
+    fused_tail(fx, y, 8, 6e-3, "DepthwiseConv2dNative")
+
+
+@case("fbn_v3_half", "float16 Conv2D -> FusedBatchNormV3 with T=half, U=float (float32 "
+      "scale/offset/mean/variance): folds; weights stay half.")
+def _(fx):
+    y = conv2d(fx, "conv1", fx.placeholder("x", [None, 6, 5, 3], tf.float16), 7, dtype=tf.float16)
+    fused_tail(fx, y, 7, 1.5e-3, "Conv2D")
+
+
+def fused_training(fx, version, shape, channels, eps, stats):
+    """is_training=true: ``stats`` "empty" (shape [0], as tf.nn.fused_batch_norm and Keras
+    passed) or "moving" (moving statistics wired into inputs 3 and 4, ignored by the op)."""
+    y, p, t = conv_setup(fx, shape, channels)
+    with tf.name_scope("bn"):
+        if stats == "empty":
+            t = dict(t, mean=tf.constant([], tf.float32), variance=tf.constant([], tf.float32))
+        bn = fused_bn(y, t, eps, version, is_training=True)
+    finish(fx, bn.y)
+    fx.expect(FORM_OPS[version], bn.y, y, p.without("mean", "variance"), eps, "Conv2D",
+              action="skip", reason="training-mode", statistics="fused")
+
+
+for _name, _v, _shape, _c, _eps, _stats in [
+        ("fbn_v1_training", 1, [None, 5, 7, 3], 11, 7e-3, "empty"),
+        ("fbn_v3_training_moving", 3, [None, 6, 5, 2], 13, 1.2e-5, "moving"),
+        ("fbn_v3_training_empty", 3, [None, 7, 6, 3], 14, 8e-3, "empty")]:
+    case(_name, "Conv2D -> %s is_training=true (%s mean/variance inputs): already fused "
+         "training mode, skip." % (FORM_OPS[_v], _stats))(
+        functools.partial(fused_training, version=_v, shape=_shape, channels=_c, eps=_eps,
+                          stats=_stats))
+
+
+# ----- 3. decomposed tf.nn.batch_normalization -----------------------------------------------
+def decomposed(fx, channels, eps, host="Conv2D", add="AddV2", drop=(), swap=False,
+               neg_after=False, wrap=None, half=False):
+    dtype = tf.float16 if half else tf.float32
+    if host == "MatMul":
+        x = fx.placeholder("x", [None, channels + 3], dtype)
+        y = dense(fx, "fc1", x, channels, bias=add)
+    else:
+        y = conv2d(fx, "conv1", fx.placeholder("x", [None, 7, 8, 3], dtype), channels,
+                   dtype=dtype)
+    p = fx.bn_params(channels).without(*drop)
+    with tf.name_scope("bn"):
+        t = fx.param_tensors("bn", p, wrap=wrap)
+        z = decomposed_bn(y, t, eps, add=add, swap=swap, neg_after=neg_after)
+    finish(fx, z)
+    fx.expect("batch_normalization", z, y, p, eps, host)
+
+
+def _identity_chain(t):
+    return tf.identity(t, name="ReadVariableOp")
+
+
+def _cast_half(t):
+    return tf.cast(t, tf.float16, name="Cast")
+
+
+for _name, _desc, _kw in [
+        ("bn_conv_addv2", "Conv2D -> tf.nn.batch_normalization as TF >= 1.15 emits it (AddV2)",
+         dict(channels=10, eps=9e-4)),
+        ("bn_conv_add", "Conv2D -> tf.nn.batch_normalization as TF < 1.15 emitted it (Add)",
+         dict(channels=6, eps=1.3e-5, add="Add")),
+        ("bn_matmul_add", "MatMul + Add bias -> tf.nn.batch_normalization (Add, TF < 1.15)",
+         dict(channels=12, eps=2e-4, host="MatMul", add="Add")),
+        ("bn_matmul_addv2", "MatMul + AddV2 bias -> tf.nn.batch_normalization (AddV2)",
+         dict(channels=7, eps=3.3e-4, host="MatMul")),
+        ("bn_no_gamma", "Conv2D -> tf.nn.batch_normalization without scale (Rsqrt used "
+         "directly; canonical gamma ones)", dict(channels=5, eps=1.4e-5, drop=("gamma",))),
+        ("bn_no_beta", "Conv2D -> tf.nn.batch_normalization without offset, as TF emits it: "
+         "add_1(mul_1, Neg(mean) * inv) (canonical beta zeros)",
+         dict(channels=11, eps=9e-3, drop=("beta",))),
+        ("bn_no_beta_neg_after", "Conv2D -> decomposed BN without offset written as "
+         "add_1(mul_1, Neg(mean * inv)) (canonical beta zeros)",
+         dict(channels=4, eps=1.6e-5, drop=("beta",), neg_after=True)),
+        ("bn_swapped", "Conv2D -> decomposed BN with every Add/Mul operand order swapped "
+         "(eps + var, gamma * rsqrt, inv * x, sub + mul_1)", dict(channels=15, eps=4.4e-4,
+                                                                  swap=True)),
+        ("bn_identity_chain", "Conv2D -> decomposed BN whose params sit behind two Identities "
+         "(name/read, then a ReadVariableOp turned Identity)",
+         dict(channels=9, eps=2.2e-3, wrap=_identity_chain)),
+        ("bn_half_cast", "float16 Conv2D -> decomposed BN in half, float32 params Cast to half "
+         "before use (epsilon is a half Const)", dict(channels=6, eps=2.0 ** -10,
+                                                       wrap=_cast_half, half=True))]:
+    case(_name, _desc + ": folds into the %s." % _kw.get("host", "Conv2D"))(
+        functools.partial(decomposed, **_kw))
+
+
+# ----- 4. hand-written formulas ---------------------------------------------------------------
+def formula(fx, shape, channels, eps, expr):
+    y, p, t = conv_setup(fx, shape, channels)
+    with tf.name_scope("bn"):
+        z = expr(y, t["mean"], t["variance"], t["gamma"], t["beta"], eps)
+    finish(fx, z)
+    fx.expect("formula", z, y, p, eps, "Conv2D")
+
+
+for _name, _desc, _shape, _c, _eps, _expr in [
+        ("formula_realdiv", "(x - mean) / sqrt(var + eps) * gamma + beta (RealDiv)",
+         [None, 7, 6, 3], 8, 1.7e-5, lambda x, m, v, g, b, e: (x - m) / tf.sqrt(v + e) * g + b),
+        ("formula_rsqrt", "(x - mean) * rsqrt(var + eps) * gamma + beta",
+         [None, 6, 5, 3], 10, 5.5e-3,
+         lambda x, m, v, g, b, e: (x - m) * tf.math.rsqrt(v + e) * g + b),
+        ("formula_div", "gamma * (x - mean) / sqrt(var + eps) + beta with the old Div op",
+         [None, 5, 7, 2], 13, 6.6e-4,
+         lambda x, m, v, g, b, e: binary("Div", g * (x - m), tf.sqrt(v + e), "div") + b),
+        ("formula_swapped", "beta + gamma * (rsqrt(eps + var) * (x - mean)): every "
+         "commutative operand swapped", [None, 7, 5, 3], 4, 7.7e-4,
+         lambda x, m, v, g, b, e: b + g * (tf.math.rsqrt(e + v) * (x - m)))]:
+    case(_name, "Conv2D -> hand-written " + _desc + ": folds into the Conv2D.")(
+        functools.partial(formula, shape=_shape, channels=_c, eps=_eps, expr=_expr))
+
+
+# ----- 5. training mode: statistics from the batch -------------------------------------------
+def moments_bn(fx, channels, eps, host="Conv2D"):
+    """Conv2D (or MatMul, rank 2) -> tf.nn.moments over every axis but the last -> decomposed."""
+    if host == "MatMul":
+        y = dense(fx, "fc1", fx.placeholder("x", [None, 6]), channels, bias="AddV2")
+    else:
+        y = conv2d(fx, "conv1", fx.placeholder("x", [None, 7, 6, 3]), channels)
+    p = fx.bn_params(channels).without("mean", "variance")
+    t = fx.param_tensors("bn", p)
+    with tf.name_scope("bn"):
+        mean, var = tf.compat.v1.nn.moments(y, list(range(len(y.shape) - 1)))
+        z = decomposed_bn(y, dict(t, mean=mean, variance=var), eps)
+    finish(fx, z)
+    fx.expect("batch_normalization", z, y, p, eps, host, action="fuse", reason="training-mode",
+              statistics="moments")
+
+
+case("train_moments_conv_bn", "Conv2D -> tf.nn.moments over [0,1,2] (Mean, StopGradient, "
+     "SquaredDifference, Mean, Squeeze) -> tf.nn.batch_normalization: training mode, fuse "
+     "into FusedBatchNormV3(is_training=true).")(
+    functools.partial(moments_bn, channels=12, eps=1.8e-3))
+case("train_moments_matmul_bn", "MatMul (rank 2) -> tf.nn.moments over [0] -> "
+     "tf.nn.batch_normalization: training mode, fuse via reshape to [N,1,1,C].")(
+    functools.partial(moments_bn, channels=9, eps=2.7e-3, host="MatMul"))
+
+
+@case("train_moments_bnwgn", "Conv2D -> tf.nn.moments over [0,1,2] -> "
+      "BatchNormWithGlobalNormalization (producer 8), the classic TF1 batch_norm(x, train=True) "
+      "helper: training mode, fuse.")
+def _(fx):
+    y = conv2d(fx, "conv1", fx.placeholder("x", [None, 5, 6, 3]), 7)
+    p = fx.bn_params(7).without("mean", "variance")
+    t = fx.param_tensors("bn", p)
+    with tf.name_scope("bn"):
+        mean, var = tf.compat.v1.nn.moments(y, [0, 1, 2])
+    bn = bnwgn(fx, "bn/BatchNormWithGlobalNormalization", y, dict(t, mean=mean, variance=var),
+               3.9e-3)
+    fx.output(fx.node("out", "Relu", [bn], T=tf.float32))
+    fx.producer = 8
+    fx.expect("BatchNormWithGlobalNormalization", bn, y, p, 3.9e-3, "Conv2D", action="fuse",
+              reason="training-mode", statistics="moments")
+
+
+@case("train_sufficient_statistics", "Conv2D -> TF 1.0 tf.nn.moments (sufficient_statistics + "
+      "normalize_moments, counts Const, fixed batch of 2) -> tf.nn.batch_normalization (Add): "
+      "training mode, fuse.")
+def _(fx):
+    y = conv2d(fx, "conv1", fx.placeholder("x", [2, 5, 6, 3]), 8)
+    p = fx.bn_params(8).without("mean", "variance")
+    t = fx.param_tensors("bn", p)
+    with tf.name_scope("bn"):
+        mean, var = moments_tf10(y, [0, 1, 2])
+        z = decomposed_bn(y, dict(t, mean=mean, variance=var), 4.8e-3, add="Add")
+    finish(fx, z)
+    fx.expect("batch_normalization", z, y, p, 4.8e-3, "Conv2D", action="fuse",
+              reason="training-mode", statistics="sufficient_statistics")
+
+
+# ----- 6. Keras learning-phase cond -----------------------------------------------------------
+def keras_cond(fx, channels, eps, phase_kind, training_branch, after_relu):
+    """conv2d_1 [-> Relu] -> batch_normalization_1/cond (v1 Switch/Merge) on the learning phase."""
+    y = conv2d(fx, "conv2d_1", fx.placeholder("x", [None, 6, 7, 3]), channels)
+    if after_relu:
+        y = tf.nn.relu(y, name="activation_1/Relu")
+    if phase_kind == "placeholder":
+        phase = fx.placeholder("keras_learning_phase", [], tf.bool)
+    else:
+        phase = tf.compat.v1.placeholder_with_default(False, [], name="keras_learning_phase")
+        fx.inputs.append("keras_learning_phase")  # an input, if an optional one
+    p = fx.bn_params(channels)
+    t = fx.param_tensors("batch_normalization_1", p)
+    made = {}
+
+    def training():
+        if training_branch == "moments":
+            mean, var = tf.compat.v1.nn.moments(y, [0, 1, 2])
+            made["training"] = decomposed_bn(y, dict(t, mean=mean, variance=var), eps)
+        else:
+            empty = tf.constant([], tf.float32)
+            made["training"] = fused_bn(y, dict(t, mean=empty, variance=empty), eps,
+                                        is_training=True).y
+        return made["training"]
+
+    def inference():
+        made["inference"] = fused_bn(y, t, eps).y
+        return made["inference"]
+
+    with tf.name_scope("batch_normalization_1"), control_flow_v1():
+        merged = tf.compat.v1.cond(phase, training, inference, name="cond")
+    finish(fx, merged)
+    train_form, train_stats = {"moments": ("batch_normalization", "moments"),
+                               "fused": ("FusedBatchNormV3", "fused")}[training_branch]
+    branches = {"training": {"form": train_form, "output": made["training"].op.name,
+                             "statistics": train_stats},
+                "inference": {"form": "FusedBatchNormV3", "output": made["inference"].op.name,
+                              "statistics": "moving"}}
+    entry = fx.expect("cond", merged, y, p, eps, None if after_relu else "Conv2D", action="skip",
+                      reason="learning-phase-cond", statistics=train_stats, training=True,
+                      branches=branches, check=False)
+    fx.probe(merged, y, entry, feed={"keras_learning_phase:0": False}, batch_stats=False)
+    fx.probe(merged, y, entry, feed={"keras_learning_phase:0": True}, batch_stats=True)
+
+
+case("cond_keras_placeholder", "Keras learning phase from a bool Placeholder: v1 tf.cond "
+     "(Switch/Merge) between moments + batch_normalization (training) and FusedBatchNormV3 "
+     "(inference), after a Relu: one cond entry, skip.")(
+    functools.partial(keras_cond, channels=10, eps=1.9e-3, phase_kind="placeholder",
+                      training_branch="moments", after_relu=True))
+case("cond_keras_default", "Keras learning phase from PlaceholderWithDefault(False): v1 "
+     "tf.cond between FusedBatchNormV3 is_training=true and is_training=false, right after a "
+     "Conv2D: one cond entry, skip.")(
+    functools.partial(keras_cond, channels=5, eps=2.9e-3, phase_kind="default",
+                      training_branch="fused", after_relu=False))
+
+
+# ----- 7. hosts ------------------------------------------------------------------------------
+@case("host_conv2d_backprop_input", "Conv2DBackpropInput (conv2d_transpose, stride 2, output "
+      "shape stacked from the batch size as tf.layers did) -> FusedBatchNormV3: folds into the "
+      "filter's output-channel dim (axis 2).")
+def _(fx):
+    x = fx.placeholder("x", [None, 4, 3, 5])
+    with tf.name_scope("deconv"):
+        w = fx.weights("deconv/kernel", [3, 3, 9, 5])
+        shape = tf.stack([tf.shape(x)[0], 8, 6, 9])
+        y = tf.nn.conv2d_transpose(x, w, shape, [1, 2, 2, 1], "SAME", name="conv2d_transpose")
+    fused_tail(fx, y, 9, 3.1e-3, "Conv2DBackpropInput")
+
+
+@case("host_conv3d", "Conv3D (NDHWC, 5-D) -> FusedBatchNormV3 data_format NDHWC: folds into "
+      "the Conv3D.")
+def _(fx):
+    x = fx.placeholder("x", [None, 4, 6, 5, 3])
+    with tf.name_scope("conv3d"):
+        w = fx.weights("conv3d/kernel", [3, 3, 3, 3, 10])
+        y = tf.nn.conv3d(x, w, [1] * 5, "SAME", name="Conv3D")
+    fused_tail(fx, y, 10, 4.2e-3, "Conv3D", data_format="NDHWC")
+
+
+@case("host_atrous_conv", "Atrous conv (SpaceToBatchND -> Conv2D VALID -> BatchToSpaceND, rate "
+      "2, as tf.nn.atrous_conv2d built it) -> FusedBatchNormV3: folds into the Conv2D.")
+def _(fx):
+    x = fx.placeholder("x", [None, 8, 6, 5])
+    with tf.name_scope("atrous"):
+        w = fx.weights("atrous/weights", [3, 3, 5, 11])
+        y = tf.compat.v1.nn.with_space_to_batch(
+            x, dilation_rate=[2, 2], padding="SAME", filter_shape=[3, 3],
+            op=lambda inp, num_spatial_dims, padding: tf.nn.conv2d(inp, w, 1, padding))
+    fused_tail(fx, y, 11, 5.3e-3, "Conv2D")
+
+
+@case("host_matmul_transpose_b", "MatMul with transpose_b=true (weights [out, in]) -> "
+      "tf.nn.batch_normalization: folds into the weights' rows.")
+def _(fx):
+    y = dense(fx, "fc1", fx.placeholder("x", [None, 6]), 13, bias=None, transpose_b=True)
+    p = fx.bn_params(13)
+    with tf.name_scope("bn"):
+        z = decomposed_bn(y, fx.param_tensors("bn", p), 6.4e-3)
+    finish(fx, z)
+    fx.expect("batch_normalization", z, y, p, 6.4e-3, "MatMul")
+
+
+for _name, _bias, _c, _eps in [("host_conv_biasadd_fbn", "BiasAdd", 12, 7.5e-3),
+                               ("host_conv_add_fbn", "Add", 14, 8.6e-3)]:
+    case(_name, "Conv2D + %s of a constant bias -> FusedBatchNorm: folds into the Conv2D and "
+         "its bias." % _bias)(
+        lambda fx, _bias=_bias, _c=_c, _eps=_eps: fused_tail(
+            fx, conv2d(fx, "conv1", fx.placeholder("x", [None, 7, 5, 3]), _c, bias=_bias), _c,
+            _eps, "Conv2D", version=1))
+
+
+# ----- 8. traps ------------------------------------------------------------------------------
+@case("trap_host_other_consumer", "Conv2D feeds a decomposed BN and also a Relu output 'side': "
+      "folding would change 'side', so fuse (host-has-other-consumers).")
+def _(fx):
+    y, p, t = conv_setup(fx, [None, 6, 5, 3], 7)
+    with tf.name_scope("bn"):
+        z = decomposed_bn(y, t, 9.7e-3)
+    finish(fx, z)
+    finish(fx, y, "side")
+    fx.expect("batch_normalization", z, y, p, 9.7e-3, "Conv2D", action="fuse",
+              reason="host-has-other-consumers")
+
+
+@case("trap_host_other_consumer_v3", "Conv2D feeds a FusedBatchNormV3 and also a Relu output "
+      "'side': cannot fold, already fused, so skip (host-has-other-consumers).")
+def _(fx):
+    y = conv2d(fx, "conv1", fx.placeholder("x", [None, 7, 6, 3]), 8)
+    fused_tail(fx, y, 8, 1.05e-3, "Conv2D", action="skip", reason="host-has-other-consumers")
+    finish(fx, y, "side")
+
+
+@case("trap_biasadd_other_consumer", "Conv2D + BiasAdd whose BiasAdd also feeds a Relu output "
+      "'side' -> FusedBatchNorm: fuse (host-has-other-consumers).")
+def _(fx):
+    y = conv2d(fx, "conv1", fx.placeholder("x", [None, 5, 6, 3]), 16, bias="BiasAdd")
+    fused_tail(fx, y, 16, 2.05e-3, "Conv2D", version=1, action="fuse",
+               reason="host-has-other-consumers")
+    finish(fx, y, "side")
+
+
+@case("trap_shared_weights", "Two Conv2D (strides 1 and 2) share one weights Const, each "
+      "followed by its own FusedBatchNormV3: both fold (the weights must be cloned, not "
+      "overwritten).")
+def _(fx):
+    x = fx.placeholder("x", [None, 7, 6, 3])
+    w = fx.weights("shared/weights", [3, 3, 3, 9])
+    y_a = conv2d(fx, "conv_a", x, 9, w=w)
+    y_b = conv2d(fx, "conv_b", x, 9, w=w, stride=2)
+    fused_tail(fx, y_a, 9, 3.05e-3, "Conv2D", scope="bn_a", out="out_a")
+    fused_tail(fx, y_b, 9, 4.05e-3, "Conv2D", scope="bn_b", out="out_b")
+
+
+@case("trap_mean_placeholder", "Conv2D -> FusedBatchNormV3 whose mean is fed from a "
+      "Placeholder: not constant, skip (mean null in the sidecar).")
+def _(fx):
+    y, p, t = conv_setup(fx, [None, 6, 7, 3], 10)
+    t["mean"] = fx.placeholder("moving_mean", [10])
+    with tf.name_scope("bn"):
+        bn = fused_bn(y, t, 5.05e-3)
+    finish(fx, bn.y)
+    entry = fx.expect("FusedBatchNormV3", bn.y, y, p.without("mean"), 5.05e-3, "Conv2D",
+                      action="skip", reason="not-constant", statistics="fed", training=False,
+                      check=False)
+    mean = [float(m) for m in p.mean]
+    fx.probe(bn.y, y, dict(entry, mean=mean), feed={"moving_mean:0": mean})
+
+
+@case("trap_side_output_used", "Conv2D -> inference FusedBatchNormV2 whose batch_mean output "
+      "(:1) is fetched through Identity 'batch_mean': skip (side-output-used).")
+def _(fx):
+    y = conv2d(fx, "conv1", fx.placeholder("x", [None, 5, 7, 3]), 11)
+    bn = fused_tail(fx, y, 11, 6.05e-3, "Conv2D", version=2, action="skip",
+                    reason="side-output-used")
+    fx.output(tf.identity(bn.batch_mean, name="batch_mean"))
+
+
+@case("trap_channel_mismatch_nchw", "NCHW Conv2D output [N,5,7,6] -> decomposed BN with 6 "
+      "params broadcast on the last axis (W=6, not the 5 channels): fuse (channel-mismatch)."
+      + ONEDNN_NOTE)
+def _(fx):
+    x = fx.placeholder("x", [None, 4, 7, 6])
+    y = conv2d(fx, "conv1", x, 5, data_format="NCHW")
+    p = fx.bn_params(6)
+    with tf.name_scope("bn"):
+        z = decomposed_bn(y, fx.param_tensors("bn", p), 7.05e-3)
+    finish(fx, z)
+    fx.expect("batch_normalization", z, y, p, 7.05e-3, "Conv2D", action="fuse",
+              reason="channel-mismatch", axis_clash_ok=True)
+
+
+@case("trap_bn_is_output", "Conv2D -> decomposed BN whose add_1 is itself the graph output "
+      "(nothing consumes it): folds, and the output name must survive.")
+def _(fx):
+    y, p, t = conv_setup(fx, [None, 7, 5, 3], 12)
+    with tf.name_scope("bn"):
+        z = decomposed_bn(y, t, 8.05e-3)
+    fx.output(z)
+    fx.expect("batch_normalization", z, y, p, 8.05e-3, "Conv2D")
+
+
+@case("trap_mixed_forms", "One graph, three forms: Conv2D -> FusedBatchNorm (fold); Relu -> "
+      "decomposed BN (no host: fuse); Reshape -> MatMul + AddV2 bias -> decomposed BN (fold).")
+def _(fx):
+    y1 = conv2d(fx, "conv1", fx.placeholder("x", [None, 7, 5, 3]), 8)
+    bn1 = fused_tail(fx, y1, 8, 1.15e-3, "Conv2D", version=1, scope="bn1", out=None)
+    y2 = tf.nn.relu(bn1.y, name="relu1")
+    p2 = fx.bn_params(8)
+    with tf.name_scope("bn2"):
+        z2 = decomposed_bn(y2, fx.param_tensors("bn2", p2), 2.15e-3)
+    fx.expect("batch_normalization", z2, y2, p2, 2.15e-3, None, action="fuse",
+              reason="no-linear-host")
+    flat = tf.reshape(z2, [-1, 7 * 5 * 8], name="flatten/Reshape")
+    y3 = dense(fx, "fc1", flat, 5, bias="AddV2")
+    p3 = fx.bn_params(5)
+    with tf.name_scope("bn3"):
+        z3 = decomposed_bn(y3, fx.param_tensors("bn3", p3), 3.15e-3)
+    finish(fx, z3)
+    fx.expect("batch_normalization", z3, y3, p3, 3.15e-3, "MatMul")
+
+
+# ----- 9. negatives: no batch norm here -------------------------------------------------------
+@case("neg_plain_convnet", "Plain conv net (Conv2D/BiasAdd/Relu/MaxPool/Reshape/MatMul/BiasAdd/"
+      "Softmax): no batch norm.")
+def _(fx):
+    y = tf.nn.relu(conv2d(fx, "conv1", fx.placeholder("x", [None, 8, 8, 3]), 6, bias="BiasAdd"),
+                   name="conv1/Relu")
+    y = tf.nn.max_pool2d(y, 2, 2, "VALID", name="pool1/MaxPool")
+    y = dense(fx, "fc1", tf.reshape(y, [-1, 4 * 4 * 6], name="flatten/Reshape"), 10,
+              bias="BiasAdd")
+    fx.output(tf.nn.softmax(y, name="out"))
+
+
+@case("neg_layer_norm", "Layer-norm-like: MatMul -> moments over the last axis (keep_dims) -> "
+      "(x - mean) * rsqrt(var + eps) * gamma + beta: statistics per example, not a batch norm.")
+def _(fx):
+    y = dense(fx, "fc1", fx.placeholder("x", [None, 6]), 10, bias="AddV2")
+    p = fx.bn_params(10)
+    t = fx.param_tensors("ln", p.without("mean", "variance"))
+    with tf.name_scope("ln"):
+        mean, var = tf.compat.v1.nn.moments(y, [1], keep_dims=True)
+        z = (y - mean) * tf.math.rsqrt(var + 1e-5) * t["gamma"] + t["beta"]
+    finish(fx, z)
+
+
+@case("neg_mul_add", "Conv2D -> x * a + b with constant vectors a, b (a plain affine, no "
+      "variance or epsilon): not a batch norm.")
+def _(fx):
+    y = conv2d(fx, "conv1", fx.placeholder("x", [None, 6, 5, 3]), 7)
+    with tf.name_scope("affine"):
+        a = fx.const("affine/scale", fx.rng.uniform(-2.0, 2.0, 7))
+        b = fx.const("affine/shift", fx.rng.uniform(-1.0, 1.0, 7))
+        z = y * a + b
+    finish(fx, z)
+
+
+@case("neg_global_avg_pool", "Conv2D -> Relu -> Mean over [1, 2] (global average pooling, not "
+      "the batch axis) -> MatMul -> Softmax: no batch norm.")
+def _(fx):
+    y = tf.nn.relu(conv2d(fx, "conv1", fx.placeholder("x", [None, 7, 6, 3]), 9), name="relu1")
+    y = tf.reduce_mean(y, [1, 2], name="global_pool/Mean")
+    fx.output(tf.nn.softmax(dense(fx, "fc1", y, 4), name="out"))
+
+
+# ----- driver --------------------------------------------------------------------------------
+def check_epsilons(fixtures):
+    """Every batch norm in the set has its own epsilon, so a wrong binding shows."""
+    seen = {}
+    for fx in fixtures:
+        for entry in fx.batch_norms:
+            other = seen.setdefault(entry["epsilon"], fx.name + ":" + entry["output"])
+            assert other == fx.name + ":" + entry["output"], \
+                "epsilon %r used twice: %s and %s" % (entry["epsilon"], other, fx.name)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="fixtures", help="output folder (default: fixtures)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="build only these cases")
+    parser.add_argument("--check", action="store_true",
+                        help="also import and run every graph marked runs_in_tf")
+    args = parser.parse_args(argv)
+    names = [c[0] for c in CASES]
+    assert len(set(names)) == len(names), "duplicate case names"
+    unknown = set(args.only or ()) - set(names)
+    if unknown:
+        parser.error("unknown case(s): " + ", ".join(sorted(unknown)))
+    os.makedirs(args.out, exist_ok=True)
+    fixtures = [build(*c) for c in CASES if not args.only or c[0] in args.only]
+    check_epsilons(fixtures)
+    for fx in fixtures:
+        path = fx.write(args.out)
+        if args.check and fx.runs_in_tf:
+            results = run_graph(path, fx.inputs, fx.outputs)
+            assert all(np.isfinite(r).all() for r in results), "%s: non-finite output" % fx.name
+        print("wrote", path)
+    made = {fx.name for fx in fixtures}
+    for path in sorted(glob.glob(os.path.join(args.out, "*.expected.json"))):
+        stem = os.path.basename(path)[:-len(".expected.json")]
+        if not args.only and stem not in made:
+            print("warning: %s is not made by any case (stale?)" % path, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
