@@ -5,20 +5,25 @@ BnRewriteError subclasses for problems the caller can fix):
 
     graph = bnrewrite.load_graph("model.pb")
     report = bnrewrite.audit(graph)          # AuditReport: one entry per batch norm
+    new_graph, report = bnrewrite.rewrite(graph)   # fold what folds, fuse the rest
 """
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import Any, Sequence
 
-from . import graphio, validate
+from . import graphio, names, validate
+from . import rewrite as _rewrite
 from .errors import BnRewriteError, GraphLoadError, InvalidGraphError, VerificationError
 from .graphio import load_graph, save_graph
 from .plan import make_plan
-from .report import AuditReport, BatchNormEntry, GraphInfo, entry
+from .index import GraphIndex
+from .report import AuditReport, BatchNormEntry, GraphInfo, RewriteReport, entry
 
 __all__ = [
     "AuditReport", "BatchNormEntry", "BnRewriteError", "GraphInfo", "GraphLoadError",
-    "InvalidGraphError", "VerificationError", "audit", "load_graph", "save_graph",
+    "InvalidGraphError", "RewriteReport", "VerificationError", "audit", "load_graph", "rewrite",
+    "save_graph",
 ]
 __version__ = "0.1.0"
 
@@ -28,6 +33,31 @@ def audit(graph_def: Any, path: str | None = None) -> AuditReport:
     will do with it and why. `path` only labels the report and error messages."""
     graph = graphio.to_internal(graph_def)
     index = validate.check(graph, path)
-    info = GraphInfo(path=path, nodes=len(graph.node), producer=int(graph.versions.producer),
+    return AuditReport(_info(graph, index, path), [entry(decision) for decision in make_plan(index)])
+
+
+def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
+            path: str | None = None) -> tuple[Any, RewriteReport]:
+    """Fold every foldable inference batch norm into its host (`mode="fold"`) or only
+    replace each by FusedBatchNormV3 (`mode="fuse"`). Returns a new GraphDef of the
+    caller's class and a report; `outputs` names nodes that must survive (by default
+    the nodes nothing consumes)."""
+    graph = graphio.to_internal(graph_def)
+    index = validate.check(graph, path, outputs)
+    info = _info(graph, index, path)
+    ops_before = Counter(node.op for node in graph.node)
+    decisions = make_plan(index, mode)
+    protected = set(info.outputs) | {names.node_of(output) for output in outputs}
+    result = _rewrite.apply(graph, index, decisions, protected)
+    problems = validate.problems(GraphIndex(result), outputs)
+    if problems:
+        raise RuntimeError(f"internal error: the rewrite produced an invalid graph: {problems[0]}")
+    report = RewriteReport(info, mode, [entry(d) for d in decisions], len(result.node),
+                           dict(sorted(ops_before.items())),
+                           dict(sorted(Counter(node.op for node in result.node).items())))
+    return graphio.like(result, graph_def), report
+
+
+def _info(graph: Any, index: GraphIndex, path: str | None) -> GraphInfo:
+    return GraphInfo(path=path, nodes=len(graph.node), producer=int(graph.versions.producer),
                      inputs=index.inferred_inputs(), outputs=index.inferred_outputs())
-    return AuditReport(info, [entry(decision) for decision in make_plan(index)])

@@ -26,6 +26,7 @@ class Finding:
     form: str
     output: str  # node whose output 0 is the normalised tensor
     x: str  # the tensor being normalised
+    inputs: Mapping[str, str]  # role (gamma, beta, mean, variance) -> tensor feeding it
     nodes: frozenset[str]  # ops the batch norm spans (not x, not its constants)
     param_nodes: frozenset[str]  # constants (and their read chains) feeding it
     values: Mapping[str, np.ndarray | None]  # raw gamma/beta/mean/variance; None: not constant
@@ -82,8 +83,10 @@ def _read(variant: Variant, found: Match, index: GraphIndex, root: str) -> Findi
     values: dict[str, np.ndarray | None] = {
         role: found.values[role] if role in found.values else _DEFAULTS[role] for role in ROLES
     }
+    inputs = {role: found.tensors[role] for role in ROLES if role in found.tensors}
     if not attr("use_gamma", True):
         values["gamma"] = _DEFAULTS["gamma"]  # the op ignores its gamma input
+        del inputs["gamma"]
     eps = found.values.get("epsilon")
     epsilon = float(np.asarray(eps).reshape(-1)[0]) if eps is not None else attr("epsilon")
     nodes, param_nodes = set(found.nodes), set(found.param_nodes)
@@ -107,11 +110,13 @@ def _read(variant: Variant, found: Match, index: GraphIndex, root: str) -> Findi
     shape = channel_layout(known)
     problem = None if shape is not None else "parameter shapes disagree"
     channels, axis = shape if shape is not None else (None, -1)
+    if channels == 1 and len(known) < len(ROLES):
+        channels = None  # only defaults and scalars seen: the channel count is not known
     if variant.attrs.get("data_format"):
         axis = layout_channel_axis(layout or "NHWC")
         if not known:
             channels = None
-    return Finding(variant.form, root, found.tensors["x"], frozenset(nodes), frozenset(param_nodes),
+    return Finding(variant.form, root, found.tensors["x"], inputs, frozenset(nodes), frozenset(param_nodes),
                    values, epsilon, channels, axis, training, stats, tuple(axes), problem)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import names
+from .fold_math import channel_layout
 from .index import GraphIndex
 from .matcher import Match, match
 from .pattern import Const, Param, Var, alt, op
@@ -61,10 +62,14 @@ class HostMatch:
     node: str  # the linear op
     op: str
     chain: tuple[str, ...]  # host, [BatchToSpaceND], [bias]: each feeds the next, last feeds the BN
+    output: str  # the node giving the linear result: the host, or the BatchToSpaceND after it
+    bias_node: str | None
     weights: np.ndarray | None  # None: not constant
     bias: np.ndarray | None
+    bias_axis: int | None  # negative output axis the bias is added along; None: no bias or scalar
     channels: int | None
     channel_axis: int  # negative axis of the output that carries channels
+    param_nodes: frozenset[str]  # weights and bias constants with their read chains
 
 
 def find_host(index: GraphIndex, tensor: str) -> HostMatch | None:
@@ -75,14 +80,20 @@ def find_host(index: GraphIndex, tensor: str) -> HostMatch | None:
     node = index.nodes[names.node_of(found.tensors["host"])]
     spec = HOSTS[node.op]
     chain = tuple(names.node_of(found.tensors[key]) for key in ("host", "atrous", "bias_add") if key in found.tensors)
+    bias_node = chain[-1] if "bias_add" in found.tensors else None
     weights = found.values.get("weights")
+    bias = found.values.get("bias")
     return HostMatch(
         node=node.name,
         op=node.op,
         chain=chain,
+        output=chain[-2] if bias_node else chain[-1],
+        bias_node=bias_node,
         weights=weights,
-        bias=found.values.get("bias"),
+        bias=bias,
+        bias_axis=_bias_axis(index, found, bias),
         channels=_channels(spec, index, node.name, weights),
+        param_nodes=found.param_nodes,
         channel_axis=layout_channel_axis(index.attr(node.name, spec.layout_attr) if spec.layout_attr else None),
     )
 
@@ -100,6 +111,16 @@ def _channels(spec: Host, index: GraphIndex, name: str, weights: Any) -> int | N
     if max(axes) >= weights.ndim:
         return None
     return int(np.prod([weights.shape[a] for a in axes]))
+
+
+def _bias_axis(index: GraphIndex, found: Match, bias: np.ndarray | None) -> int | None:
+    if bias is None or bias.size <= 1:
+        return None
+    node = names.node_of(found.tensors["bias_add"])
+    if index.nodes[node].op == "BiasAdd":
+        return layout_channel_axis(index.attr(node, "data_format"))
+    layout = channel_layout([bias])
+    return layout[1] if layout else 0  # 0: no single channel axis, never lines up
 
 
 def layout_channel_axis(layout: str | None) -> int:

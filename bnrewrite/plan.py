@@ -10,10 +10,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .findings import Finding, find_batch_norms
+from .fold_math import as_channel_vector
 from .hosts import HOSTS, HostMatch, find_host
 from .index import GraphIndex
 
 FOLD, FUSE, SKIP = "fold", "fuse", "skip"
+MODES = ("fold", "fuse")
+# Forms that are one op: fusing them needs no constant, only their input tensors.
+SINGLE_OP = frozenset({"BatchNormWithGlobalNormalization", "FusedBatchNorm", "FusedBatchNormV2"})
 
 # The stable reason strings (the audit's JSON promises these) and what they mean.
 REASONS = {
@@ -24,6 +28,7 @@ REASONS = {
     "not-constant": "a parameter is not a constant",
     "no-linear-host": "the input does not come from a linear op it could fold into",
     "host-has-other-consumers": "the host's output (or its bias) is also read outside the batch norm",
+    "fuse-mode": "--mode fuse: weights are left alone",
 }
 
 
@@ -67,6 +72,9 @@ def _mismatch(c: _Context) -> str | None:
     if h.channel_axis != f.channel_axis or h.channels != f.channels:
         return (f"{h.node} gives {h.channels} channels on axis {h.channel_axis}, the batch norm "
                 f"normalises {f.channels} on axis {f.channel_axis}")
+    if h.bias_axis not in (None, h.channel_axis) or (
+            h.bias is not None and as_channel_vector(h.bias, h.channels) is None):
+        return f"the bias of {h.node} is not one value per output channel"
     return None
 
 
@@ -99,9 +107,13 @@ CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
     ("channel-mismatch", _mismatch),
     ("host-has-other-consumers", _other_consumers),
 )
+_FUSE_MODE = ("fuse-mode", _when(lambda c: True, "weights are left alone"))
 
 
 def _action_when_refused(finding: Finding, reason: str) -> str:
+    if reason == "not-constant" and finding.form in SINGLE_OP and (
+            "gamma" in finding.inputs or finding.channels is not None):
+        return FUSE  # FusedBatchNormV3 takes the same tensors (and ones for an ignored gamma)
     if reason in ("learning-phase-cond", "side-output-used", "not-constant"):
         return SKIP
     if reason == "training-mode":
@@ -113,13 +125,14 @@ def _fusable_statistics(finding: Finding) -> bool:
     """Batch statistics over every axis but the last one: FusedBatchNormV3 training."""
     rank = len(finding.axes) + 1
     return (finding.statistics in ("moments", "sufficient_statistics")
-            and finding.axes == tuple(range(rank - 1)) and 2 <= rank <= 5 and finding.channel_axis == -1)
+            and finding.axes == tuple(range(rank - 1)) and 2 <= rank <= 5 and finding.channel_axis == -1
+            and finding.channels is not None)
 
 
-def decide(index: GraphIndex, finding: Finding) -> Decision:
+def decide(index: GraphIndex, finding: Finding, mode: str = "fold") -> Decision:
     host = find_host(index, finding.x)
     context = _Context(finding, host, index)
-    for reason, check in CHECKS:
+    for reason, check in CHECKS + ((_FUSE_MODE,) if mode == "fuse" else ()):
         detail = check(context)
         if detail:
             return Decision(finding, _action_when_refused(finding, reason), reason, detail, host)
@@ -136,5 +149,7 @@ def _weights_shared(index: GraphIndex, host: HostMatch) -> bool:
     return False
 
 
-def make_plan(index: GraphIndex) -> list[Decision]:
-    return [decide(index, finding) for finding in find_batch_norms(index)]
+def make_plan(index: GraphIndex, mode: str = "fold") -> list[Decision]:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    return [decide(index, finding, mode) for finding in find_batch_norms(index)]

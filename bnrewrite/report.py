@@ -93,6 +93,46 @@ class AuditReport:
         return "\n".join(lines)
 
 
+@dataclass
+class RewriteReport:
+    graph: GraphInfo
+    mode: str
+    batch_norms: list[BatchNormEntry]
+    nodes_after: int
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    verification: dict[str, Any] | None = None  # None: not verified
+
+    def op_changes(self) -> dict[str, tuple[int, int]]:
+        """Op type -> (count before, count after), for the types whose count changed."""
+        ops = sorted(set(self.ops_before) | set(self.ops_after))
+        return {op: (self.ops_before.get(op, 0), self.ops_after.get(op, 0)) for op in ops
+                if self.ops_before.get(op, 0) != self.ops_after.get(op, 0)}
+
+    def summary(self) -> dict[str, int]:
+        return AuditReport(self.graph, self.batch_norms).summary()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["summary"] = self.summary()
+        data["op_changes"] = {op: list(counts) for op, counts in self.op_changes().items()}
+        return data
+
+    def to_text(self) -> str:
+        audit = AuditReport(self.graph, self.batch_norms).to_text().splitlines()
+        s = self.summary()
+        audit[3] = (f"  {s['batch_norms']} batch norms: {s['fold']} folded, {s['fuse']} fused, "
+                    f"{s['skip']} left as they were ({s['training']} training mode)")
+        lines = audit + [f"  nodes: {self.graph.nodes} -> {self.nodes_after}"]
+        changes = self.op_changes()
+        if changes:
+            lines.append(_table(("op", "before", "after"),
+                                [(op, str(a), str(b)) for op, (a, b) in changes.items()]))
+        if self.verification is None:
+            lines.append("  outputs not verified (--no-verify)")
+        return "\n".join(lines)
+
+
 def entry(decision: Decision) -> BatchNormEntry:
     f = decision.finding
     host = decision.host
