@@ -46,8 +46,8 @@ def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
     index = validate.check(graph, path, outputs)
     info = _info(graph, index, path)
     ops_before = Counter(node.op for node in graph.node)
-    decisions = make_plan(index, mode)
     protected = set(info.outputs) | {names.node_of(output) for output in outputs}
+    decisions = make_plan(index, mode, frozenset(protected))
     result = _rewrite.apply(graph, index, decisions, protected)
     problems = validate.problems(GraphIndex(result), outputs)
     if problems:

@@ -47,6 +47,7 @@ class _Context:
     finding: Finding
     host: HostMatch | None
     index: GraphIndex
+    fetched: frozenset[str]  # nodes the caller fetches: their values must not change
 
 
 def _side_outputs(c: _Context) -> str | None:
@@ -88,6 +89,8 @@ def _other_consumers(c: _Context) -> str | None:
         outside = c.index.node_consumers(node) - next_nodes
         if outside:
             return f"{node} is also read by {', '.join(sorted(outside))}"
+        if node in c.fetched:
+            return f"{node} is a fetched output"
     return None
 
 
@@ -129,9 +132,10 @@ def _fusable_statistics(finding: Finding) -> bool:
             and finding.channels is not None)
 
 
-def decide(index: GraphIndex, finding: Finding, mode: str = "fold") -> Decision:
+def decide(index: GraphIndex, finding: Finding, mode: str = "fold",
+           fetched: frozenset[str] = frozenset()) -> Decision:
     host = find_host(index, finding.x)
-    context = _Context(finding, host, index)
+    context = _Context(finding, host, index, fetched)
     for reason, check in CHECKS + ((_FUSE_MODE,) if mode == "fuse" else ()):
         detail = check(context)
         if detail:
@@ -149,7 +153,9 @@ def _weights_shared(index: GraphIndex, host: HostMatch) -> bool:
     return False
 
 
-def make_plan(index: GraphIndex, mode: str = "fold") -> list[Decision]:
+def make_plan(index: GraphIndex, mode: str = "fold", fetched: frozenset[str] = frozenset()
+              ) -> list[Decision]:
+    """One decision per batch norm; `fetched` names nodes whose values must not change."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    return [decide(index, finding, mode) for finding in find_batch_norms(index)]
+    return [decide(index, finding, mode, fetched) for finding in find_batch_norms(index)]

@@ -47,6 +47,8 @@ class Builder:
                 node.attr[key].f = value
             elif isinstance(value, str):
                 node.attr[key].s = value.encode()
+            elif isinstance(value, list):
+                node.attr[key].list.i.extend(value)
             else:
                 node.attr[key].type = value
         return self

@@ -1,0 +1,72 @@
+"""Rewrite the real graphs in ../shared/realgraphs and compare outputs in TensorFlow."""
+from __future__ import annotations
+
+import io
+import wave
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import bnrewrite
+from bnrewrite import verify
+
+
+def wav_bytes(seconds: float = 1.0, rate: int = 16000, seed: int = 0) -> bytes:
+    """A mono 16-bit WAV of a chirp plus noise: what the KWS graphs decode in-graph."""
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    signal = 0.3 * np.sin(2 * np.pi * (200 + 900 * t) * t) + 0.05 * rng.standard_normal(t.size)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((signal * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+# name -> (feeds or shape overrides, op counts after fold, node count after fold). The dead
+# parameter constants and their read Identities go; nothing else does.
+CASES = {
+    "kws_ds_cnn_s.pb": ({"values": {"wav_data": np.array(wav_bytes(), dtype=object)}},
+                        {"FusedBatchNorm": 0, "BiasAdd": 10, "Const": 22}, 62),
+    "kws_cnn_s.pb": ({"values": {"wav_data": np.array(wav_bytes(seed=1), dtype=object)}},
+                     {"FusedBatchNorm": 0, "Rsqrt": 0, "Sub": 0, "BiasAdd": 3, "Add": 2}, 38),
+    "pose_hourglass_frozen.pb": ({}, {"FusedBatchNorm": 0, "BiasAdd": 65}, 528),
+    "tfpose_mnv2_small_opt.pb": ({"shapes": {"image": [1, 368, 432, 3]}},
+                                 {"FusedBatchNorm": 39, "BiasAdd": 60}, 736),
+    "sbd_model_v3.pb": ({"batch": 1}, {"FusedBatchNormV3": 10}, 178),
+    "tf_graphconstructor_test_bnwgn.pbtxt": ({}, {"BatchNormWithGlobalNormalization": 0,
+                                                  "FusedBatchNormV3": 1, "Const": 3}, 4),
+    "dl4j_fbn_v3_fp16.pb": ({}, {"FusedBatchNormV3": 1}, 9),
+    "dl4j_bn_nhwc_nofused.pb": ({}, {"Rsqrt": 0, "Mul": 1, "Add": 1}, 6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_real_graph_rewrite_keeps_outputs(realgraphs, name):
+    options, ops_after, nodes_after = CASES[name]
+    original = bnrewrite.load_graph(realgraphs / name)
+    rewritten, report = bnrewrite.rewrite(original)
+    counts = Counter(node.op for node in rewritten.node)
+    assert {op: counts[op] for op in ops_after} == ops_after
+    assert report.nodes_after == len(rewritten.node) == nodes_after
+    result = verify.verify(original, rewritten, feeds=verify.make_feeds(original, **options))
+    assert result.outputs and result.passed, result.outputs
+
+
+def test_training_mode_batch_norms_keep_batch_statistics(realgraphs):
+    """tfpose has 39 training-mode FusedBatchNorms: kept as they are, so a sample's
+    result still depends on the batch it is run in, exactly as before."""
+    original = bnrewrite.load_graph(realgraphs / "tfpose_mnv2_small_opt.pb")
+    rewritten, report = bnrewrite.rewrite(original)
+    kept = {e.output for e in report.batch_norms if e.training}
+    assert len(kept) == 39
+    assert kept <= {n.name for n in rewritten.node if n.op == "FusedBatchNorm" and n.attr["is_training"].b}
+    feeds = verify.make_feeds(original, shapes={"image": [2, 96, 96, 3]}, seed=3)
+    batch = verify.run(rewritten, feeds, ["Openpose/concat_stage7"])[0]
+    alone = verify.run(rewritten, {"image": feeds["image"][:1]}, ["Openpose/concat_stage7"])[0]
+    assert np.abs(batch[:1] - alone).max() > 1e-3  # batch statistics really are in use
+    reference = verify.run(original, feeds, ["Openpose/concat_stage7"])[0]
+    assert verify.compare("out", reference, batch).passed

@@ -1,0 +1,157 @@
+"""The rewrite's safety rules, each on a graph built to break it."""
+from __future__ import annotations
+
+import numpy as np
+from tensorboard.compat.proto import types_pb2
+
+import bnrewrite
+from bnrewrite import verify
+from bnrewrite.tensors import to_numpy
+from conftest import fixture_path
+
+F32 = types_pb2.DT_FLOAT
+
+
+def conv(builder, name, x, w, **extra):
+    builder.node(name, "Conv2D", x, w, T=F32, strides=[1, 1, 1, 1], padding="SAME",
+                 data_format="NHWC", **extra)
+
+
+def fused_bn(builder, name, x, channels, seed=0, **extra):
+    rng = np.random.default_rng(seed)
+    for role, value in (("gamma", rng.uniform(-2, 2, channels)), ("beta", rng.normal(size=channels)),
+                        ("mean", rng.normal(size=channels)), ("var", rng.uniform(0.2, 5, channels))):
+        builder.const(f"{name}/{role}", value)
+    builder.node(name, "FusedBatchNorm", x, *(f"{name}/{r}" for r in ("gamma", "beta", "mean", "var")),
+                 T=F32, epsilon=0.001, is_training=False, data_format="NHWC", **extra)
+
+
+def base(builder, channels=4):
+    builder.node("x", "Placeholder", dtype=F32)
+    builder.graph.node[-1].attr["shape"].shape.dim.add(size=-1)
+    for size in (5, 6, 3):
+        builder.graph.node[-1].attr["shape"].shape.dim.add(size=size)
+    builder.const("w", np.random.default_rng(1).normal(size=(3, 3, 3, channels)))
+    builder.node("w/read", "Identity", "w", T=F32)
+
+
+def same_outputs(original, rewritten, outputs):
+    result = verify.verify(original, rewritten, outputs=outputs)
+    assert result.passed, result.outputs
+    return result
+
+
+def consts(graph):
+    return {n.name: to_numpy(n.attr["value"].tensor) for n in graph.node if n.op == "Const"}
+
+
+def test_shared_weights_are_cloned_not_overwritten(builder):
+    base(builder)
+    conv(builder, "conv_a", "x", "w/read")
+    fused_bn(builder, "bn_a", "conv_a", 4)
+    builder.node("out_a", "Relu", "bn_a", T=F32)
+    conv(builder, "conv_b", "x", "w/read")  # shares the weights, has no batch norm
+    builder.node("out_b", "Relu", "conv_b", T=F32)
+    rewritten, report = bnrewrite.rewrite(builder.graph)
+    (bn,) = report.batch_norms
+    assert bn.action == "fold" and bn.shared_weights
+    by_name = {n.name: n for n in rewritten.node}
+    assert by_name["conv_b"].input[1] == "w/read"
+    np.testing.assert_array_equal(consts(rewritten)["w"], consts(builder.graph)["w"])
+    assert by_name["conv_a"].input[1] == "conv_a/bn_folded/weights"
+    same_outputs(builder.graph, rewritten, ["out_a", "out_b"])
+
+
+def test_fetched_host_output_is_not_folded(builder):
+    """A name the caller fetches must keep its value: folding would rescale conv_a."""
+    base(builder)
+    conv(builder, "conv_a", "x", "w/read")
+    fused_bn(builder, "bn_a", "conv_a", 4)
+    builder.node("out", "Relu", "bn_a", T=F32)
+    _, report = bnrewrite.rewrite(builder.graph)
+    assert report.batch_norms[0].action == "fold"
+    rewritten, report = bnrewrite.rewrite(builder.graph, outputs=["out", "conv_a"])
+    assert (report.batch_norms[0].action, report.batch_norms[0].reason) == ("fuse", "host-has-other-consumers")
+    same_outputs(builder.graph, rewritten, ["out", "conv_a"])
+
+
+def test_intermediate_read_elsewhere_stays(builder):
+    """tf.nn.batch_normalization whose Rsqrt is also read outside the pattern."""
+    base(builder)
+    conv(builder, "conv", "x", "w/read")
+    for role, value in (("gamma", [1.5, -0.5, 2.0, 0.7]), ("beta", [0.1, 0.2, -0.3, 0.4]),
+                        ("mean", [0.5, -1.0, 0.0, 2.0]), ("var", [0.3, 2.0, 4.0, 1.2])):
+        builder.const(f"bn/{role}", value)
+    builder.const("bn/eps", 0.002)
+    b = lambda name, op, *ins: builder.node(f"bn/{name}", op, *ins, T=F32)
+    b("add", "AddV2", "bn/var", "bn/eps")
+    b("Rsqrt", "Rsqrt", "bn/add")
+    b("mul", "Mul", "bn/Rsqrt", "bn/gamma")
+    b("mul_1", "Mul", "conv", "bn/mul")
+    b("mul_2", "Mul", "bn/mean", "bn/mul")
+    b("sub", "Sub", "bn/beta", "bn/mul_2")
+    b("add_1", "AddV2", "bn/mul_1", "bn/sub")
+    builder.node("out", "Relu", "bn/add_1", T=F32)
+    builder.node("inv_std", "Identity", "bn/Rsqrt", T=F32)
+    rewritten, report = bnrewrite.rewrite(builder.graph)
+    assert report.batch_norms[0].action == "fold"
+    kept = {n.name for n in rewritten.node}
+    assert {"bn/Rsqrt", "bn/add", "bn/var", "bn/eps", "inv_std"} <= kept
+    assert not {"bn/mul_1", "bn/mul_2", "bn/sub", "bn/mean", "bn/beta"} & kept
+    same_outputs(builder.graph, rewritten, ["out", "inv_std"])
+
+
+def test_control_edges_devices_versions_and_library_survive(builder):
+    base(builder)
+    builder.node("init", "NoOp")
+    conv(builder, "conv", "x", "w/read")
+    fused_bn(builder, "bn", "conv", 4)
+    builder.graph.node[-1].input.append("^init")
+    builder.graph.node[-1].device = "/device:CPU:0"
+    builder.node("out", "Relu", "bn", T=F32)
+    builder.graph.node[-1].device = "/device:CPU:0"
+    builder.graph.versions.producer = 27
+    builder.graph.versions.min_consumer = 12
+    builder.graph.library.function.add().signature.name = "unused_fn"
+    rewritten, _ = bnrewrite.rewrite(builder.graph)
+    by_name = {n.name: n for n in rewritten.node}
+    assert by_name["bn"].op == "BiasAdd" and "^init" in by_name["bn"].input
+    assert by_name["bn"].device == "/device:CPU:0" and by_name["out"] == builder.graph.node[-1]
+    assert rewritten.versions == builder.graph.versions and rewritten.library == builder.graph.library
+
+
+def test_new_names_are_deterministic_on_collision(builder):
+    base(builder)
+    conv(builder, "conv", "x", "w/read")
+    builder.const("conv/bn_folded/weights", [0.0])  # squats on the name the rewrite wants
+    builder.node("squatter", "Identity", "conv/bn_folded/weights", T=F32)
+    fused_bn(builder, "bn", "conv", 4)
+    builder.node("out", "Relu", "bn", T=F32)
+    rewritten, _ = bnrewrite.rewrite(builder.graph)
+    by_name = {n.name: n for n in rewritten.node}
+    assert by_name["conv"].input[1] == "conv/bn_folded/weights_1"
+    assert consts(rewritten)["conv/bn_folded/weights"].tolist() == [0.0]
+
+
+def test_tensorflow_graphdef_in_tensorflow_graphdef_out(builder):
+    import tensorflow as tf
+
+    base(builder)
+    conv(builder, "conv", "x", "w/read")
+    fused_bn(builder, "bn", "conv", 4)
+    builder.node("out", "Relu", "bn", T=F32)
+    tf_graph = tf.compat.v1.GraphDef.FromString(builder.graph.SerializeToString())
+    before = tf_graph.SerializeToString(deterministic=True)
+    rewritten, _ = bnrewrite.rewrite(tf_graph)
+    assert isinstance(rewritten, tf.compat.v1.GraphDef)
+    assert tf_graph.SerializeToString(deterministic=True) == before
+
+
+def test_half_precision_graph_stays_half():
+    """TF's optimize_for_inference writes a float32 bias into a half graph; we must not."""
+    graph = bnrewrite.load_graph(fixture_path("fbn_v3_half"))
+    rewritten, report = bnrewrite.rewrite(graph)
+    assert report.batch_norms[0].action == "fold"
+    bias = next(n for n in rewritten.node if n.name.endswith("bn_folded/bias"))
+    assert bias.attr["dtype"].type == types_pb2.DT_HALF
+    assert to_numpy(bias.attr["value"].tensor).dtype == np.float16
