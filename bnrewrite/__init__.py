@@ -10,20 +10,24 @@ BnRewriteError subclasses for problems the caller can fix):
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict, replace
 from typing import Any, Sequence
 
 from . import graphio, names, validate
 from . import rewrite as _rewrite
+from . import verify as _verify
 from .errors import BnRewriteError, GraphLoadError, InvalidGraphError, VerificationError
 from .graphio import load_graph, save_graph
 from .plan import make_plan
 from .index import GraphIndex
+from .verify import Options as VerifyOptions
+from .verify import Verification
 from .report import AuditReport, BatchNormEntry, GraphInfo, RewriteReport, entry
 
 __all__ = [
     "AuditReport", "BatchNormEntry", "BnRewriteError", "GraphInfo", "GraphLoadError",
-    "InvalidGraphError", "RewriteReport", "VerificationError", "audit", "load_graph", "rewrite",
-    "save_graph",
+    "InvalidGraphError", "RewriteReport", "Verification", "VerificationError", "VerifyOptions", "audit",
+    "load_graph", "rewrite", "save_graph", "verify",
 ]
 __version__ = "0.1.0"
 
@@ -37,11 +41,12 @@ def audit(graph_def: Any, path: str | None = None) -> AuditReport:
 
 
 def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
-            path: str | None = None) -> tuple[Any, RewriteReport]:
+            path: str | None = None, verify: "VerifyOptions | None" = None) -> tuple[Any, RewriteReport]:
     """Fold every foldable inference batch norm into its host (`mode="fold"`) or only
     replace each by FusedBatchNormV3 (`mode="fuse"`). Returns a new GraphDef of the
     caller's class and a report; `outputs` names nodes that must survive (by default
-    the nodes nothing consumes)."""
+    the nodes nothing consumes). With `verify` (needs TensorFlow) both graphs are run
+    and VerificationError is raised unless every output matches."""
     graph = graphio.to_internal(graph_def)
     index = validate.check(graph, path, outputs)
     info = _info(graph, index, path)
@@ -55,7 +60,21 @@ def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
     report = RewriteReport(info, mode, [entry(d) for d in decisions], len(result.node),
                            dict(sorted(ops_before.items())),
                            dict(sorted(Counter(node.op for node in result.node).items())))
+    if verify is not None:
+        options = replace(verify, outputs=tuple(verify.outputs) or tuple(outputs))
+        trace = [d.finding.output for d in decisions]
+        checked = _verify.verify(graph_def, result, options, trace=trace)
+        report.verification = asdict(checked)
+        if not checked.passed:
+            raise VerificationError(checked.describe(), path)
     return graphio.like(result, graph_def), report
+
+
+def verify(original: Any, rewritten: Any, options: VerifyOptions = VerifyOptions()) -> Verification:
+    """Run both graphs in TensorFlow on the same seeded inputs and compare every output;
+    where one differs, name the first batch norm of the original whose output differs."""
+    trace = [entry.output for entry in audit(original).batch_norms]
+    return _verify.verify(original, rewritten, options, trace=trace)
 
 
 def _info(graph: Any, index: GraphIndex, path: str | None) -> GraphInfo:

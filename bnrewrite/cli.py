@@ -1,18 +1,27 @@
-"""Command line: `bnrewrite audit MODEL...`. main(argv) -> exit code; see report.py
-for the codes. User errors end in one line on stderr, never a traceback."""
+"""Command line: `bnrewrite audit|rewrite|verify`. main(argv) -> exit code (see
+report.py). User errors end in one line on stderr, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from . import __version__, audit, load_graph
+import numpy as np
+
+from . import __version__, audit, load_graph, rewrite, save_graph, verify
 from .errors import BnRewriteError, GraphLoadError
-from .report import EXIT_BAD_INPUT, AuditReport, exit_code, to_json
+from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_OK, AuditReport, exit_code, to_json
+from .verify import DEFAULT_BATCH, Options
 
 GRAPH_SUFFIXES = (".pb", ".pbtxt")
+
+
+class UsageError(BnRewriteError):
+    """A flag's value is malformed (exit 2, like any bad input)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,12 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage or help
-        return EXIT_BAD_INPUT if exc.code else 0
+        return EXIT_BAD_INPUT if exc.code else EXIT_OK
     try:
         return args.run(args)
+    except BnRewriteError as error:
+        return _complain(error)
     except BrokenPipeError:  # `bnrewrite audit ... | head` is not an error
         sys.stdout = open(os.devnull, "w")
-        return 0
+        return EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,20 +46,61 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 verification failed, 2 bad input or usage.")
     parser.add_argument("--version", action="version", version=f"bnrewrite {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    audit_cmd = commands.add_parser(
+
+    cmd = commands.add_parser(
         "audit", help="list every batch norm and what the rewrite would do with it",
         description="List every batch norm in each graph: its form, nodes, channels, epsilon, "
                     "mode, the op it would fold into, and the action and reason.")
-    audit_cmd.add_argument("models", nargs="+", metavar="MODEL",
-                           help=".pb/.pbtxt files, or folders searched recursively for them")
-    audit_cmd.add_argument("--format", choices=("text", "json"), default="text")
-    audit_cmd.set_defaults(run=_audit)
+    cmd.add_argument("models", nargs="+", metavar="MODEL",
+                     help=".pb/.pbtxt files, or folders searched recursively for them")
+    cmd.add_argument("--format", choices=("text", "json"), default="text")
+    cmd.set_defaults(run=_audit)
+
+    cmd = commands.add_parser(
+        "rewrite", help="fold batch norms into the ops before them, fuse the rest",
+        description="Rewrite a graph's batch norms, check in TensorFlow that every output is "
+                    "unchanged, and only then write OUT (atomically).")
+    cmd.add_argument("model", metavar="IN")
+    cmd.add_argument("-o", "--output", required=True, metavar="OUT", help=".pb or .pbtxt to write")
+    cmd.add_argument("--mode", choices=("fold", "fuse"), default="fold",
+                     help="fold: into weights where possible (default); fuse: FusedBatchNormV3 only")
+    cmd.add_argument("--in-place", action="store_true", help="allow OUT to be IN")
+    cmd.add_argument("--no-verify", action="store_true", help="skip running both graphs in TensorFlow")
+    cmd.add_argument("--format", choices=("text", "json"), default="text")
+    _verify_flags(cmd)
+    cmd.set_defaults(run=_rewrite)
+
+    cmd = commands.add_parser(
+        "verify", help="run two graphs on the same inputs and compare their outputs",
+        description="Exit 0 if every output matches, 1 if not, 2 if they cannot be run.")
+    cmd.add_argument("original", metavar="ORIGINAL")
+    cmd.add_argument("rewritten", metavar="REWRITTEN")
+    cmd.add_argument("--format", choices=("text", "json"), default="text")
+    _verify_flags(cmd)
+    cmd.set_defaults(run=_verify)
     return parser
+
+
+def _verify_flags(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--inputs", nargs="+", default=[], metavar="NAME",
+                     help="placeholders to feed (default: every Placeholder)")
+    cmd.add_argument("--outputs", nargs="+", default=[], metavar="NAME",
+                     help="tensors to compare and keep (default: nodes nothing consumes)")
+    cmd.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                     help=f"size of unknown dimensions (default {DEFAULT_BATCH})")
+    cmd.add_argument("--input-shape", action="append", default=[], metavar="NAME=D,D,...",
+                     help="shape of one input, e.g. image=1,368,432,3")
+    cmd.add_argument("--feed", action="append", default=[], metavar="NAME=VALUE",
+                     help="value of one input: a number, true/false, a .npy file, @FILE for its "
+                          "bytes as a string (e.g. wav_data=@speech.wav), or text")
+    cmd.add_argument("--rtol", type=float, help="relative tolerance (default: by dtype)")
+    cmd.add_argument("--atol", type=float, help="absolute tolerance (default: by dtype)")
+    cmd.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
 def _audit(args: argparse.Namespace) -> int:
     reports: list[AuditReport] = []
-    status = 0
+    status = EXIT_OK
     for path in _graph_files(args.models):
         try:
             if isinstance(path, GraphLoadError):
@@ -62,6 +114,84 @@ def _audit(args: argparse.Namespace) -> int:
     else:
         print("\n\n".join(report.to_text() for report in reports))
     return status
+
+
+def _rewrite(args: argparse.Namespace) -> int:
+    source, target = Path(args.model), Path(args.output)
+    if not args.in_place and target.exists() and source.exists() and target.samefile(source):
+        raise UsageError("-o names the input itself; pass --in-place to replace it", args.output)
+    graph = load_graph(source)
+    options = None if args.no_verify else _options(args)
+    _progress(args, "rewriting" + ("" if args.no_verify else " and verifying in TensorFlow"))
+    try:
+        new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options)
+    except BnRewriteError as error:
+        _complain(error)
+        return exit_code(error)
+    save_graph(new_graph, target)
+    _print(args, report.to_dict(), report.to_text() + f"\n  wrote {target}")
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    original, rewritten = load_graph(args.original), load_graph(args.rewritten)
+    _progress(args, "running both graphs in TensorFlow")
+    result = verify(original, rewritten, _options(args))
+    lines = [f"{c.name}: {'ok' if c.passed else 'DIFFERS'}  max abs {c.max_abs:.3g}  max rel "
+             f"{c.max_rel:.3g}  ({c.dtype}, rtol {c.rtol:g}, atol {c.atol:g})" for c in result.outputs]
+    if result.lowered_producer:
+        lines.append("(the original holds BatchNormWithGlobalNormalization: run with producer 8)")
+    _print(args, {**asdict(result), "passed": result.passed}, "\n".join(lines + [result.describe()]))
+    return EXIT_OK if result.passed else EXIT_DIFFERS
+
+
+def _options(args: argparse.Namespace) -> Options:
+    return Options(inputs=args.inputs, outputs=args.outputs, batch=args.batch,
+                   shapes=dict(_shape(spec) for spec in args.input_shape),
+                   values=dict(_feed(spec) for spec in args.feed), rtol=args.rtol, atol=args.atol)
+
+
+def _split(spec: str, flag: str) -> tuple[str, str]:
+    name, sep, value = spec.partition("=")
+    if not sep or not name:
+        raise UsageError(f"{flag} wants NAME=VALUE, got '{spec}'")
+    return name, value
+
+
+def _shape(spec: str) -> tuple[str, list[int]]:
+    name, value = _split(spec, "--input-shape")
+    try:
+        return name, [int(d) for d in value.split(",")]
+    except ValueError:
+        raise UsageError(f"--input-shape wants NAME=D,D,..., got '{spec}'") from None
+
+
+def _feed(spec: str) -> tuple[str, Any]:
+    name, value = _split(spec, "--feed")
+    try:
+        if value.startswith("@"):
+            return name, np.array(Path(value[1:]).read_bytes(), dtype=object)
+        if value.endswith(".npy"):
+            return name, np.load(value, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--feed {name}: cannot read {value.lstrip('@')}: {error}") from None
+    if value.lower() in ("true", "false"):
+        return name, np.array(value.lower() == "true")
+    for kind in (int, float):
+        try:
+            return name, np.array(kind(value))
+        except ValueError:
+            pass
+    return name, np.array(value.encode(), dtype=object)
+
+
+def _print(args: argparse.Namespace, data: dict, text: str) -> None:
+    print(json.dumps(data, indent=1, sort_keys=True) if args.format == "json" else text)
+
+
+def _progress(args: argparse.Namespace, what: str) -> None:
+    if not args.quiet and sys.stderr.isatty():
+        print(f"bnrewrite: {what}...", file=sys.stderr)
 
 
 def _graph_files(models: Sequence[str]) -> list[Path | GraphLoadError]:

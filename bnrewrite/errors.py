@@ -25,3 +25,7 @@ class InvalidGraphError(BnRewriteError):
 
 class VerificationError(BnRewriteError):
     """The rewritten graph does not compute what the original does."""
+
+
+class CannotVerifyError(BnRewriteError):
+    """TensorFlow cannot run the graph (unknown op, input it cannot fill, ...)."""

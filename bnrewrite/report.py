@@ -130,6 +130,11 @@ class RewriteReport:
                                 [(op, str(a), str(b)) for op, (a, b) in changes.items()]))
         if self.verification is None:
             lines.append("  outputs not verified (--no-verify)")
+        else:
+            checks = self.verification["outputs"]
+            worst = max((c["max_rel"] for c in checks), default=0.0)
+            lines.append(f"  verified in TensorFlow: {len(checks)} outputs match "
+                         f"(largest error {worst:.2g} of the output's scale)")
         return "\n".join(lines)
 
 

@@ -7,13 +7,14 @@ the same positions and infinities must be equal.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from . import graphio, names, tensors
-from .errors import InvalidGraphError
+from .errors import CannotVerifyError
 from .index import GraphIndex
 
 # dtype -> (rtol, atol): float16 holds ~3 significant digits and every op rounds.
@@ -38,10 +39,36 @@ class OutputCheck:
 class Verification:
     inputs: dict[str, list[int]]
     outputs: list[OutputCheck] = field(default_factory=list)
+    lowered_producer: bool = False  # the original ran from a copy with producer 8 (legacy op)
+    first_difference: OutputCheck | None = None  # earliest batch norm whose output differs
 
     @property
     def passed(self) -> bool:
         return all(check.passed for check in self.outputs)
+
+    def describe(self) -> str:
+        """One line: what differs, by how much, and where it starts."""
+        failed = [c for c in self.outputs if not c.passed]
+        if not failed:
+            return f"{len(self.outputs)} outputs match"
+        c = failed[0]
+        what = c.problem or (f"max abs error {c.max_abs:.3g}, max rel error {c.max_rel:.3g} "
+                             f"(allowed {c.atol:g} + {c.rtol:g} x scale)")
+        where = f"; first differing batch norm: {self.first_difference.name}" if self.first_difference else ""
+        return f"output '{c.name}' differs: {what}{where}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to feed and how strictly to compare (CLI: --inputs, --batch, ...)."""
+    inputs: Sequence[str] = ()
+    outputs: Sequence[str] = ()
+    batch: int = DEFAULT_BATCH
+    shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)
+    rtol: float | None = None
+    atol: float | None = None
+    seed: int = 0
 
 
 def make_feeds(graph_def: Any, inputs: Sequence[str] = (), batch: int = DEFAULT_BATCH,
@@ -56,7 +83,7 @@ def make_feeds(graph_def: Any, inputs: Sequence[str] = (), batch: int = DEFAULT_
     for name in wanted:
         node = index.node(name)
         if node is None:
-            raise InvalidGraphError(f"input '{name}' is not in the graph")
+            raise CannotVerifyError(f"input '{name}' is not in the graph")
         if values and name in values:
             feeds[name] = np.asarray(values[name])
             continue
@@ -65,11 +92,12 @@ def make_feeds(graph_def: Any, inputs: Sequence[str] = (), batch: int = DEFAULT_
         if shape is None:
             dims = tensors.shape_of(node.attr["shape"].shape) if "shape" in node.attr else None
             if dims is None:
-                raise InvalidGraphError(f"input '{name}' has no known rank: give its shape")
+                raise CannotVerifyError(f"input '{name}' has no known rank: give it --input-shape {name}=...")
             shape = [d if d >= 0 else batch for d in dims]
         if dtype is None or dtype == np.bool_:
-            raise InvalidGraphError(f"input '{name}' ({'bool' if dtype == np.bool_ else 'non-numeric'}) "
-                                    "cannot be filled automatically: feed it a value")
+            kind = "a bool" if dtype == np.bool_ else "not numeric"
+            raise CannotVerifyError(f"input '{name}' is {kind} and cannot be filled automatically: "
+                                    f"pass --feed {name}=VALUE")
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(shape).astype(dtype)
         else:
@@ -77,17 +105,41 @@ def make_feeds(graph_def: Any, inputs: Sequence[str] = (), batch: int = DEFAULT_
     return feeds
 
 
+LEGACY_OPS = frozenset({"BatchNormWithGlobalNormalization"})
+LAST_LEGACY_PRODUCER = 8  # GraphDef version 9 removed BatchNormWithGlobalNormalization
+
+
+def runnable(graph_def: Any) -> tuple[Any, bool]:
+    """TensorFlow refuses BatchNormWithGlobalNormalization in graphs that claim producer
+    >= 9, though it still runs the op: run such graphs from a copy with the producer
+    lowered. Returns the graph to run and whether it was lowered."""
+    graph = graphio.to_internal(graph_def)
+    if graph.versions.producer > LAST_LEGACY_PRODUCER and any(n.op in LEGACY_OPS for n in graph.node):
+        graph.versions.producer = LAST_LEGACY_PRODUCER
+        graph.versions.min_consumer = min(graph.versions.min_consumer, LAST_LEGACY_PRODUCER)
+        return graph, True
+    return graph, False
+
+
 def run(graph_def: Any, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
-    """Import into a fresh TensorFlow graph and run it on the CPU."""
+    """Import into a fresh TensorFlow graph and run it on the CPU; CannotVerifyError
+    (with TensorFlow's first line) when TensorFlow refuses the graph or fails to run it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter off stderr
     import tensorflow as tf
 
-    graph = tf.compat.v1.GraphDef.FromString(graphio.to_internal(graph_def).SerializeToString())
-    with tf.Graph().as_default() as tf_graph:
-        tf.compat.v1.import_graph_def(graph, name="")
-        with tf.compat.v1.Session(graph=tf_graph) as session:
-            fetch = [tf_graph.get_tensor_by_name(_tensor(name)) for name in fetches]
-            feed = {tf_graph.get_tensor_by_name(_tensor(k)): v for k, v in feeds.items()}
-            return session.run(fetch, feed)
+    graph, _ = runnable(graph_def)
+    graph = tf.compat.v1.GraphDef.FromString(graph.SerializeToString())
+    try:
+        with tf.Graph().as_default() as tf_graph:
+            tf.compat.v1.import_graph_def(graph, name="")
+            with tf.compat.v1.Session(graph=tf_graph) as session:
+                fetch = [tf_graph.get_tensor_by_name(_tensor(name)) for name in fetches]
+                feed = {tf_graph.get_tensor_by_name(_tensor(k)): v for k, v in feeds.items()}
+                return session.run(fetch, feed)
+    except (ValueError, TypeError, KeyError, tf.errors.OpError) as error:
+        message = getattr(error, "message", None) or str(error)
+        raise CannotVerifyError(f"TensorFlow cannot run the graph: {message.strip().splitlines()[0]}"
+                                " (--no-verify skips the check)") from None
 
 
 def compare(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float | None = None,
@@ -120,17 +172,29 @@ def compare(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float | N
     return OutputCheck(name, label, max_abs, max_rel, rtol, atol, max_abs <= atol + rtol * scale)
 
 
-def verify(original: Any, rewritten: Any, outputs: Sequence[str] = (), inputs: Sequence[str] = (),
-           feeds: Mapping[str, np.ndarray] | None = None, rtol: float | None = None,
-           atol: float | None = None, **feed_options: Any) -> Verification:
-    """Run both graphs on the same inputs and compare each output."""
+def verify(original: Any, rewritten: Any, options: Options = Options(),
+           feeds: Mapping[str, np.ndarray] | None = None, trace: Sequence[str] = ()) -> Verification:
+    """Run both graphs on the same inputs and compare each output. When one differs,
+    the tensors named in `trace` (batch-norm outputs, in topological order) are compared
+    too, to say where the difference starts."""
     index = GraphIndex(graphio.to_internal(original))
-    fetches = list(outputs) or index.inferred_outputs()
-    feeds = dict(feeds) if feeds is not None else make_feeds(original, inputs, **feed_options)
+    fetches = list(options.outputs) or index.inferred_outputs()
+    if feeds is None:
+        feeds = make_feeds(original, options.inputs, options.batch, options.shapes, options.values,
+                           options.seed)
     expected = run(original, feeds, fetches)
     actual = run(rewritten, feeds, fetches)
-    result = Verification({k: list(v.shape) for k, v in feeds.items()})
-    result.outputs = [compare(name, e, a, rtol, atol) for name, e, a in zip(fetches, expected, actual)]
+    result = Verification({k: list(np.shape(v)) for k, v in feeds.items()},
+                          lowered_producer=runnable(original)[1])
+    result.outputs = [compare(name, e, a, options.rtol, options.atol)
+                      for name, e, a in zip(fetches, expected, actual)]
+    if not result.passed and trace:
+        present = {node.name for node in graphio.to_internal(rewritten).node}
+        traced = [name for name in trace if name in present]
+        pairs = zip(traced, run(original, feeds, traced), run(rewritten, feeds, traced))
+        result.first_difference = next(
+            (check for check in (compare(n, e, a, options.rtol, options.atol) for n, e, a in pairs)
+             if not check.passed), None)
     return result
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bnrewrite
-from bnrewrite import verify
+from bnrewrite.verify import Options, compare, make_feeds, run
 
 
 def wav_bytes(seconds: float = 1.0, rate: int = 16000, seed: int = 0) -> bytes:
@@ -52,7 +52,7 @@ def test_real_graph_rewrite_keeps_outputs(realgraphs, name):
     counts = Counter(node.op for node in rewritten.node)
     assert {op: counts[op] for op in ops_after} == ops_after
     assert report.nodes_after == len(rewritten.node) == nodes_after
-    result = verify.verify(original, rewritten, feeds=verify.make_feeds(original, **options))
+    result = bnrewrite.verify(original, rewritten, Options(**options))
     assert result.outputs and result.passed, result.outputs
 
 
@@ -64,9 +64,9 @@ def test_training_mode_batch_norms_keep_batch_statistics(realgraphs):
     kept = {e.output for e in report.batch_norms if e.training}
     assert len(kept) == 39
     assert kept <= {n.name for n in rewritten.node if n.op == "FusedBatchNorm" and n.attr["is_training"].b}
-    feeds = verify.make_feeds(original, shapes={"image": [2, 96, 96, 3]}, seed=3)
-    batch = verify.run(rewritten, feeds, ["Openpose/concat_stage7"])[0]
-    alone = verify.run(rewritten, {"image": feeds["image"][:1]}, ["Openpose/concat_stage7"])[0]
+    feeds = make_feeds(original, shapes={"image": [2, 96, 96, 3]}, seed=3)
+    batch = run(rewritten, feeds, ["Openpose/concat_stage7"])[0]
+    alone = run(rewritten, {"image": feeds["image"][:1]}, ["Openpose/concat_stage7"])[0]
     assert np.abs(batch[:1] - alone).max() > 1e-3  # batch statistics really are in use
-    reference = verify.run(original, feeds, ["Openpose/concat_stage7"])[0]
-    assert verify.compare("out", reference, batch).passed
+    reference = run(original, feeds, ["Openpose/concat_stage7"])[0]
+    assert compare("out", reference, batch).passed

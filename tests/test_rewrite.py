@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bnrewrite
-from bnrewrite import verify
+from bnrewrite.verify import Options
 from bnrewrite.index import GraphIndex
 from conftest import expected, fixture_cases, fixture_path
 
@@ -21,19 +21,16 @@ def _bytes(graph) -> bytes:
     return graph.SerializeToString(deterministic=True)
 
 
-def _feeds(name: str, graph) -> dict:
+def _options(name: str, graph) -> Options:
     """Training-mode fixtures are compared on one batch of 2+ samples (DESIGN §5)."""
-    values = {}
-    for node in graph.node:
-        if node.op == "Placeholder" and node.attr["dtype"].type == 10:  # a bool learning-phase flag
-            values[node.name] = np.array(False)
-    return verify.make_feeds(graph, batch=3, values=values, seed=7)
+    values = {node.name: np.array(False) for node in graph.node  # a bool learning-phase flag
+              if node.op == "Placeholder" and node.attr["dtype"].type == 10}
+    return Options(outputs=expected(name)["outputs"], batch=3, values=values, seed=7)
 
 
 def assert_same_outputs(name, original, rewritten):
-    outputs = expected(name)["outputs"]
-    result = verify.verify(original, rewritten, outputs=outputs, feeds=_feeds(name, original))
-    assert [c.name for c in result.outputs] == outputs
+    result = bnrewrite.verify(original, rewritten, _options(name, original))
+    assert [c.name for c in result.outputs] == expected(name)["outputs"]
     for check in result.outputs:
         assert check.passed, check
 

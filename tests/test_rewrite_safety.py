@@ -5,7 +5,7 @@ import numpy as np
 from tensorboard.compat.proto import types_pb2
 
 import bnrewrite
-from bnrewrite import verify
+from bnrewrite.verify import Options
 from bnrewrite.tensors import to_numpy
 from conftest import fixture_path
 
@@ -36,7 +36,7 @@ def base(builder, channels=4):
 
 
 def same_outputs(original, rewritten, outputs):
-    result = verify.verify(original, rewritten, outputs=outputs)
+    result = bnrewrite.verify(original, rewritten, Options(outputs=outputs))
     assert result.passed, result.outputs
     return result
 
