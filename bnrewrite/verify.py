@@ -8,6 +8,7 @@ the same positions and infinities must be equal.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -124,9 +125,7 @@ def runnable(graph_def: Any) -> tuple[Any, bool]:
 def run(graph_def: Any, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
     """Import into a fresh TensorFlow graph and run it on the CPU; CannotVerifyError
     (with TensorFlow's first line) when TensorFlow refuses the graph or fails to run it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter off stderr
-    import tensorflow as tf
-
+    tf = _tensorflow()
     graph, _ = runnable(graph_def)
     graph = tf.compat.v1.GraphDef.FromString(graph.SerializeToString())
     try:
@@ -196,6 +195,25 @@ def verify(original: Any, rewritten: Any, options: Options = Options(),
             (check for check in (compare(n, e, a, options.rtol, options.atol) for n, e, a in pairs)
              if not check.passed), None)
     return result
+
+
+def _tensorflow() -> Any:
+    """Import TensorFlow with its start-up log lines (written by C++ straight to file
+    descriptor 2, whatever TF_CPP_MIN_LOG_LEVEL says) kept off the user's stderr."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
+            tf.constant(0.0)  # the oneDNN notice comes with the first kernel, not the import
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return tf
 
 
 def _tensor(name: str) -> str:
