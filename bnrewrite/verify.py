@@ -164,7 +164,7 @@ def compare(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float | N
     if not np.array_equal(np.where(np.isinf(a), a, 0), np.where(np.isinf(b), b, 0)):
         return fail("infinities differ")
     finite = np.isfinite(a)
-    diff = np.abs(a - b)[finite]
+    diff = np.abs(a[finite] - b[finite])
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = float(np.abs(a[finite]).max()) if finite.any() else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))

@@ -51,3 +51,19 @@ def test_audit_leaves_the_callers_graph_alone(name):
     before = graph.SerializeToString(deterministic=True)
     bnrewrite.audit(graph)
     assert graph.SerializeToString(deterministic=True) == before
+
+
+@pytest.mark.parametrize("name", ["neg_layer_norm", "train_moments_conv_bn", "train_sufficient_statistics"])
+def test_statistics_found_without_stop_gradient(name):
+    """Inference tools strip StopGradient (optimize_for_inference does): a layer norm must
+    stay invisible and batch statistics must stay training mode."""
+    graph = bnrewrite.load_graph(fixture_path(name))
+    stopped = {n.name: n.input[0] for n in graph.node if n.op == "StopGradient"}
+    assert stopped
+    kept = [n for n in graph.node if n.name not in stopped]
+    for node in kept:
+        node.input[:] = [stopped.get(ref, ref) for ref in node.input]
+    del graph.node[:]
+    graph.node.extend(kept)
+    found = [(e.output, e.training, e.statistics) for e in bnrewrite.audit(graph).batch_norms]
+    assert found == [(bn["output"], bn["training"], bn["statistics"]) for bn in expected(name)["batch_norms"]]

@@ -21,14 +21,16 @@ def _squeezed(pattern):
 
 
 _MEAN = op("Mean", Var("x"), Const("axes"), name="batch_mean")
+# Inference tools (optimize_for_inference's remove_training_nodes) strip StopGradient.
+_STOPPED_MEAN = alt(op("StopGradient", Var("batch_mean")), Var("batch_mean"))
 _MOMENTS = Statistics(
     name="moments",
     mean=_squeezed(_MEAN),
-    variance=_squeezed(op("Mean", op("SquaredDifference", Var("x"), op("StopGradient", Var("batch_mean"))),
-                          Const("axes"))),
+    variance=_squeezed(op("Mean", op("SquaredDifference", Var("x"), _STOPPED_MEAN), Const("axes"))),
 )
 
-_SHIFT = op("StopGradient", op("Mean", Var("x"), Const("axes")), name="shift")
+_SHIFT = alt(op("StopGradient", op("Mean", Var("x"), Const("axes")), name="shift"),
+             op("Mean", Var("x"), Const("axes"), name="shift"))
 _DIVISOR = alt(op("Reciprocal|Inv", Param("counts"), name="divisor"), Const("divisor"))
 _SHIFTED_MEAN = op("Mul", op("Sum", op("Sub", Var("x"), _SHIFT), Const("axes")), _DIVISOR,
                    name="shifted_mean")
