@@ -15,7 +15,7 @@ import numpy as np
 from . import __version__, audit, load_graph, rewrite, save_graph, verify
 from .errors import BnRewriteError, GraphLoadError
 from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_OK, AuditReport, exit_code, to_json
-from .verify import DEFAULT_BATCH, Options
+from .verify import DEFAULT_BATCH, Options, probe
 
 GRAPH_SUFFIXES = (".pb", ".pbtxt")
 
@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("models", nargs="+", metavar="MODEL",
                      help=".pb/.pbtxt files, or folders searched recursively for them")
     cmd.add_argument("--format", choices=("text", "json"), default="text")
+    cmd.add_argument("--probe", action="store_true",
+                     help="run each graph in TensorFlow: how much does a sample's output change when "
+                          "it runs alone instead of in a batch (frozen training-mode batch norms)")
+    _feed_flags(cmd)
     cmd.set_defaults(run=_audit)
 
     cmd = commands.add_parser(
@@ -67,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--in-place", action="store_true", help="allow OUT to be IN")
     cmd.add_argument("--no-verify", action="store_true", help="skip running both graphs in TensorFlow")
     cmd.add_argument("--format", choices=("text", "json"), default="text")
-    _verify_flags(cmd)
+    _feed_flags(cmd)
+    _tolerance_flags(cmd)
     cmd.set_defaults(run=_rewrite)
 
     cmd = commands.add_parser(
@@ -76,12 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("original", metavar="ORIGINAL")
     cmd.add_argument("rewritten", metavar="REWRITTEN")
     cmd.add_argument("--format", choices=("text", "json"), default="text")
-    _verify_flags(cmd)
+    _feed_flags(cmd)
+    _tolerance_flags(cmd)
     cmd.set_defaults(run=_verify)
     return parser
 
 
-def _verify_flags(cmd: argparse.ArgumentParser) -> None:
+def _feed_flags(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--inputs", nargs="+", default=[], metavar="NAME",
                      help="placeholders to feed (default: every Placeholder)")
     cmd.add_argument("--outputs", nargs="+", default=[], metavar="NAME",
@@ -93,9 +99,12 @@ def _verify_flags(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--feed", action="append", default=[], metavar="NAME=VALUE",
                      help="value of one input: a number, true/false, a .npy file, @FILE for its "
                           "bytes as a string (e.g. wav_data=@speech.wav), or text")
+    cmd.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+
+def _tolerance_flags(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--rtol", type=float, help="relative tolerance (default: by dtype)")
     cmd.add_argument("--atol", type=float, help="absolute tolerance (default: by dtype)")
-    cmd.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -105,7 +114,12 @@ def _audit(args: argparse.Namespace) -> int:
         try:
             if isinstance(path, GraphLoadError):
                 raise path
-            reports.append(audit(load_graph(path), str(path)))
+            graph = load_graph(path)
+            report = audit(graph, str(path))
+            if args.probe:
+                _progress(args, f"probing {path} in TensorFlow")
+                report.probe = [asdict(p) for p in probe(graph, _options(args))]
+            reports.append(report)
         except BnRewriteError as error:
             status = max(status, _complain(error))
     if args.format == "json":
@@ -148,7 +162,8 @@ def _verify(args: argparse.Namespace) -> int:
 def _options(args: argparse.Namespace) -> Options:
     return Options(inputs=args.inputs, outputs=args.outputs, batch=args.batch,
                    shapes=dict(_shape(spec) for spec in args.input_shape),
-                   values=dict(_feed(spec) for spec in args.feed), rtol=args.rtol, atol=args.atol)
+                   values=dict(_feed(spec) for spec in args.feed),
+                   rtol=getattr(args, "rtol", None), atol=getattr(args, "atol", None))
 
 
 def _split(spec: str, flag: str) -> tuple[str, str]:

@@ -64,6 +64,7 @@ class BatchNormEntry:
 class AuditReport:
     graph: GraphInfo
     batch_norms: list[BatchNormEntry]
+    probe: list[dict[str, Any]] | None = None  # audit --probe: batch dependence per output
 
     def summary(self) -> dict[str, int]:
         counts = Counter(entry.action for entry in self.batch_norms)
@@ -71,8 +72,11 @@ class AuditReport:
                 "skip": counts["skip"], "training": sum(e.training for e in self.batch_norms)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"graph": asdict(self.graph), "summary": self.summary(),
+        data = {"graph": asdict(self.graph), "summary": self.summary(),
                 "batch_norms": [asdict(entry) for entry in self.batch_norms]}
+        if self.probe is not None:
+            data["probe"] = self.probe
+        return data
 
     def to_text(self) -> str:
         g = self.graph
@@ -90,6 +94,9 @@ class AuditReport:
                 [(e.form, e.output, str(len(e.nodes)), _blank(e.channels), _blank(e.epsilon, "{:g}"),
                   "training" if e.training else "inference", e.host or "-", e.action, e.reason or "-")
                  for e in self.batch_norms]))
+        for p in self.probe or ():
+            lines.append(f"  probe: {p['name']} moves by up to {p['max_abs']:.3g} ({p['max_rel']:.3g} of its "
+                         f"scale) when a sample runs alone instead of in a batch of {p['batch']}")
         return "\n".join(lines)
 
 
