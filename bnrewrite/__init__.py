@@ -16,7 +16,8 @@ from typing import Any, Sequence
 from . import graphio, names, validate
 from . import rewrite as _rewrite
 from . import verify as _verify
-from .errors import BnRewriteError, GraphLoadError, InvalidGraphError, VerificationError
+from .errors import (BnRewriteError, CannotVerifyError, GraphLoadError, InvalidGraphError,
+                     VerificationError)
 from .graphio import load_graph, save_graph
 from .plan import make_plan
 from .index import GraphIndex
@@ -25,7 +26,7 @@ from .verify import Verification
 from .report import AuditReport, BatchNormEntry, GraphInfo, RewriteReport, entry
 
 __all__ = [
-    "AuditReport", "BatchNormEntry", "BnRewriteError", "GraphInfo", "GraphLoadError",
+    "AuditReport", "BatchNormEntry", "BnRewriteError", "CannotVerifyError", "GraphInfo", "GraphLoadError",
     "InvalidGraphError", "RewriteReport", "Verification", "VerificationError", "VerifyOptions", "audit",
     "load_graph", "rewrite", "save_graph", "verify",
 ]
@@ -63,7 +64,10 @@ def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
     if verify is not None:
         options = replace(verify, outputs=tuple(verify.outputs) or tuple(outputs))
         trace = [d.finding.output for d in decisions]
-        checked = _verify.verify(graph_def, result, options, trace=trace)
+        try:
+            checked = _verify.verify(graph_def, result, options, trace=trace)
+        except CannotVerifyError as error:
+            raise CannotVerifyError(error.problem, path) from None
         report.verification = asdict(checked)
         if not checked.passed:
             raise VerificationError(checked.describe(), path)

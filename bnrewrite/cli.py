@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import __version__, audit, load_graph, rewrite, save_graph, verify
-from .errors import BnRewriteError, GraphLoadError
-from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_OK, AuditReport, exit_code, to_json
+from .errors import BnRewriteError, CannotVerifyError, GraphLoadError
+from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, AuditReport, exit_code, to_json
 from .verify import DEFAULT_BATCH, Options, probe
 
 GRAPH_SUFFIXES = (".pb", ".pbtxt")
@@ -37,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `bnrewrite audit ... | head` is not an error
         sys.stdout = open(os.devnull, "w")
         return EXIT_OK
+    except KeyboardInterrupt:  # nothing half-written: save_graph renames only when complete
+        print("bnrewrite: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,7 +153,10 @@ def _rewrite(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     original, rewritten = load_graph(args.original), load_graph(args.rewritten)
     _progress(args, "running both graphs in TensorFlow")
-    result = verify(original, rewritten, _options(args))
+    try:
+        result = verify(original, rewritten, _options(args))
+    except CannotVerifyError as error:
+        raise CannotVerifyError(error.problem, f"{args.original}, {args.rewritten}") from None
     lines = [f"{c.name}: {'ok' if c.passed else 'DIFFERS'}  max abs {c.max_abs:.3g}  max rel "
              f"{c.max_rel:.3g}  ({c.dtype}, rtol {c.rtol:g}, atol {c.atol:g})" for c in result.outputs]
     if result.lowered_producer:

@@ -114,8 +114,6 @@ def _read(variant: Variant, found: Match, index: GraphIndex, root: str) -> Findi
         channels = None  # only defaults and scalars seen: the channel count is not known
     if variant.attrs.get("data_format"):
         axis = layout_channel_axis(layout or "NHWC")
-        if not known:
-            channels = None
     return Finding(variant.form, root, found.tensors["x"], inputs, frozenset(nodes), frozenset(param_nodes),
                    values, epsilon, channels, axis, training, stats, tuple(axes), problem)
 

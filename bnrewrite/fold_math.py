@@ -24,6 +24,20 @@ class BNParams:
         return scale, self.beta - self.mean * scale
 
 
+def folded_weights(weights: np.ndarray, scale: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """weights * scale in float64, scale laid along the weight axes that make the output
+    channel (row-major: a depthwise [kh, kw, in, mult] filter's channel is in * mult + m)."""
+    shape = [weights.shape[a] if a in axes else 1 for a in range(weights.ndim)]
+    return weights.astype(np.float64) * scale.reshape(shape)
+
+
+def folded_bias(bias: np.ndarray | None, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """The bias after the host once the batch norm is folded: bias * scale + offset."""
+    if bias is None:
+        return offset
+    return as_channel_vector(bias, scale.size) * scale + offset
+
+
 def as_channel_vector(value: np.ndarray, channels: int) -> np.ndarray | None:
     """A parameter as a float64 vector of `channels`; None if its shape cannot be one."""
     array = np.asarray(value, dtype=np.float64)

@@ -18,12 +18,15 @@ from .errors import GraphLoadError
 
 GraphDef = graph_pb2.GraphDef
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".pbtext", ".prototxt")
+PROTOBUF_LIMIT = 2**31
 
 
 def load_graph(path: str | os.PathLike[str]) -> Any:
     """Parse a GraphDef file; raises GraphLoadError with a one-line reason."""
     where = str(path)
     try:
+        if Path(path).stat().st_size >= PROTOBUF_LIMIT:
+            raise GraphLoadError("larger than protobuf's 2 GiB limit for one message", where)
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise GraphLoadError("no such file", where) from None
@@ -99,7 +102,7 @@ def _parse_binary(data: bytes) -> Any:
     graph = GraphDef()
     try:
         graph.ParseFromString(data)
-    except (message.DecodeError, RuntimeError, ValueError) as exc:
+    except (message.DecodeError, RuntimeError, ValueError) as exc:  # RecursionError is a RuntimeError
         raise _NotThisFormat(f"not a binary GraphDef ({_first_line(exc) or 'truncated or corrupt'})") from None
     return graph
 
@@ -112,6 +115,8 @@ def _parse_text(data: bytes) -> Any:
         raise _NotThisFormat("not a text GraphDef (not UTF-8)") from None
     except text_format.ParseError as exc:
         raise _NotThisFormat(f"text GraphDef syntax error: {_first_line(exc)}") from None
+    except RecursionError:
+        raise _NotThisFormat("text GraphDef nested too deeply") from None
     return graph
 
 

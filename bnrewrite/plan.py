@@ -9,15 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+from tensorboard.compat.proto import types_pb2
+
 from .findings import Finding, find_batch_norms
-from .fold_math import as_channel_vector
-from .hosts import HOSTS, HostMatch, find_host
+from .fold_math import as_channel_vector, folded_bias, folded_weights
+from .hosts import HOSTS, HostMatch, channel_axes, find_host
 from .index import GraphIndex
 
 FOLD, FUSE, SKIP = "fold", "fuse", "skip"
 MODES = ("fold", "fuse")
 # Forms that are one op: fusing them needs no constant, only their input tensors.
 SINGLE_OP = frozenset({"BatchNormWithGlobalNormalization", "FusedBatchNorm", "FusedBatchNormV2"})
+FUSED_DTYPES = frozenset({types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16})
 
 # The stable reason strings (the audit's JSON promises these) and what they mean.
 REASONS = {
@@ -29,6 +33,7 @@ REASONS = {
     "no-linear-host": "the input does not come from a linear op it could fold into",
     "host-has-other-consumers": "the host's output (or its bias) is also read outside the batch norm",
     "fuse-mode": "--mode fuse: weights are left alone",
+    "fold-precision": "the folded weights or bias would overflow or underflow in the weights' dtype",
 }
 
 
@@ -94,6 +99,25 @@ def _other_consumers(c: _Context) -> str | None:
     return None
 
 
+def _precision(c: _Context) -> str | None:
+    """Folding multiplies weights by gamma / sqrt(var + eps): with a tiny variance in fp16
+    that can leave the dtype's range, where the fused op would still compute in float32."""
+    params = c.finding.params()
+    weights = c.host.weights
+    if params is None or not np.issubdtype(weights.dtype, np.floating):
+        return None
+    scale, offset = params.scale_offset()
+    info = np.finfo(weights.dtype)
+    folded = np.abs(folded_weights(weights, scale, channel_axes(HOSTS[c.host.op], c.index, c.host.node)))
+    bias = np.abs(folded_bias(c.host.bias, scale, offset))
+    if not np.isfinite(folded).all() or folded.max(initial=0) > info.max or bias.max(initial=0) > info.max:
+        return f"folded values reach {max(folded.max(initial=0), bias.max(initial=0)):.3g}, over {info.max:.3g}"
+    lost = (folded < info.tiny) & (np.abs(weights) >= info.tiny)  # newly subnormal or zero
+    if lost.any():
+        return f"{int(lost.sum())} folded weights fall below {info.tiny:.3g}"
+    return None
+
+
 def _when(test: Callable[[_Context], bool], detail: str) -> Callable[[_Context], str | None]:
     return lambda c: detail if test(c) else None
 
@@ -109,11 +133,16 @@ CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
     ("not-constant", _host_weights),
     ("channel-mismatch", _mismatch),
     ("host-has-other-consumers", _other_consumers),
+    ("fold-precision", _precision),
 )
 _FUSE_MODE = ("fuse-mode", _when(lambda c: True, "weights are left alone"))
 
 
-def _action_when_refused(finding: Finding, reason: str) -> str:
+def _action_when_refused(index: GraphIndex, finding: Finding, reason: str) -> str:
+    if finding.problem:
+        return SKIP  # parameters that are not per-channel vectors cannot feed a fused op
+    if _fused_needed(finding, reason) and index.attr(finding.output, "T") not in FUSED_DTYPES:
+        return SKIP  # FusedBatchNormV3 computes half, bfloat16 or float32 only
     if reason == "not-constant" and finding.form in SINGLE_OP and (
             "gamma" in finding.inputs or finding.channels is not None):
         return FUSE  # FusedBatchNormV3 takes the same tensors (and ones for an ignored gamma)
@@ -122,6 +151,11 @@ def _action_when_refused(finding: Finding, reason: str) -> str:
     if reason == "training-mode":
         return FUSE if _fusable_statistics(finding) else SKIP
     return SKIP if finding.form == "FusedBatchNormV3" else FUSE  # already the fused form
+
+
+def _fused_needed(finding: Finding, reason: str) -> bool:
+    """Will fusing produce a FusedBatchNormV3 (rather than a dtype-agnostic Mul and Add)?"""
+    return finding.form in SINGLE_OP or reason == "training-mode"
 
 
 def _fusable_statistics(finding: Finding) -> bool:
@@ -139,7 +173,7 @@ def decide(index: GraphIndex, finding: Finding, mode: str = "fold",
     for reason, check in CHECKS + ((_FUSE_MODE,) if mode == "fuse" else ()):
         detail = check(context)
         if detail:
-            return Decision(finding, _action_when_refused(finding, reason), reason, detail, host)
+            return Decision(finding, _action_when_refused(index, finding, reason), reason, detail, host)
     shared = host is not None and _weights_shared(index, host)
     return Decision(finding, FOLD, None, f"fold into {host.node}", host, shared)
 

@@ -15,6 +15,7 @@ from .findings import Finding
 from .plan import Decision
 
 EXIT_OK, EXIT_DIFFERS, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
 def exit_code(error: BaseException | None) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import names, nodes, tensors
 from .findings import Finding
-from .fold_math import as_channel_vector
+from .fold_math import folded_bias, folded_weights
 from .hosts import HOSTS, channel_axes
 from .index import GraphIndex
 from .plan import FOLD, FUSE, SINGLE_OP, Decision
@@ -96,12 +96,9 @@ def _fold(ed: _Editor, decision: Decision) -> None:
     finding, host = decision.finding, decision.host
     scale, offset = finding.params().scale_offset()
     spec = HOSTS[host.op]
-    weights = host.weights
-    broadcast = [1] * weights.ndim
-    for axis in channel_axes(spec, ed.index, host.node):
-        broadcast[axis] = weights.shape[axis]
-    folded = (weights.astype(np.float64) * scale.reshape(broadcast)).astype(weights.dtype)
-    bias = offset if host.bias is None else as_channel_vector(host.bias, scale.size) * scale + offset
+    folded = folded_weights(host.weights, scale, channel_axes(spec, ed.index, host.node))
+    folded = folded.astype(host.weights.dtype)
+    bias = folded_bias(host.bias, scale, offset)
     dtype = _dtype(ed.index, host.node)
     host_node = ed.by_name[host.node]
     host_node.input[spec.weights_input] = ed.const(f"{host.node}/bn_folded/weights", folded, host.node)

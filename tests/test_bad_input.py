@@ -3,13 +3,16 @@ no traceback (DESIGN §5)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 import bnrewrite
 from bnrewrite.errors import GraphLoadError, InvalidGraphError
+from test_realgraphs_rewrite import wav_bytes
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -118,3 +121,74 @@ def test_unreadable_directory_named_as_file(tmp_path):
     os.mkdir(folder)
     result = run_cli("audit", str(folder))
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_graph_over_the_protobuf_limit(tmp_path):
+    path = tmp_path / "huge.pb"
+    with open(path, "wb") as handle:  # sparse: takes no disk space
+        handle.truncate(2**31 + 10)
+    assert_clean_failure(run_cli("audit", str(path)), path, "2 GiB")
+
+
+def test_absurdly_nested_text_graph(tmp_path):
+    inner = 'func { name: "f" attr { key: "k" value { ' * 5000 + "}}}" * 5000
+    text = 'node { name: "a" op: "Const" attr { key: "value" value { list { ' + inner + " }}}}"
+    path = write(tmp_path, "deep.pbtxt", text.encode())
+    assert_clean_failure(run_cli("audit", str(path)), path, "nested too deeply")
+
+
+def test_absurd_constant_size_is_not_decoded(tmp_path, builder):
+    """A Const claiming 10^12 elements must not make the audit allocate them."""
+    builder.node("x", "Placeholder", dtype=1)
+    builder.const("gamma", [1.0])
+    node = builder.graph.node[-1]
+    node.attr["value"].tensor.tensor_shape.dim[0].size = 10**12
+    node.attr["value"].tensor.ClearField("tensor_content")
+    builder.const("beta", [0.0]).const("mean", [0.0]).const("var", [1.0])
+    builder.node("bn", "FusedBatchNorm", "x", "gamma", "beta", "mean", "var", T=1, epsilon=0.001,
+                 is_training=False, data_format="NHWC")
+    (bn,) = bnrewrite.audit(builder.graph).batch_norms
+    assert bn.gamma is None and bn.reason == "not-constant"
+
+
+def test_mismatched_parameter_shapes_are_reported_not_rewritten(builder):
+    builder.node("x", "Placeholder", dtype=1)
+    builder.const("gamma", [1.0, 2.0, 3.0]).const("beta", [0.0] * 4).const("mean", [0.0] * 3)
+    builder.const("var", [1.0] * 3)
+    builder.node("bn", "FusedBatchNorm", "x", "gamma", "beta", "mean", "var", T=1, epsilon=0.001,
+                 is_training=False, data_format="NHWC")
+    (bn,) = bnrewrite.audit(builder.graph).batch_norms
+    assert (bn.action, bn.reason, bn.detail) == ("skip", "channel-mismatch", "parameter shapes disagree")
+    rewritten, _ = bnrewrite.rewrite(builder.graph)
+    assert rewritten.SerializeToString(deterministic=True) == \
+        builder.graph.SerializeToString(deterministic=True)
+
+
+def test_custom_op_audits_and_rewrites_without_verification(tmp_path, realgraphs):
+    """A vendor op TensorFlow does not know: the core never needs TensorFlow."""
+    graph = bnrewrite.load_graph(realgraphs / "kws_cnn_s.pb")
+    next(n for n in graph.node if n.op == "Mfcc").op = "VendorMfcc"
+    path = tmp_path / "vendor.pb"
+    bnrewrite.save_graph(graph, path)
+    assert run_cli("audit", str(path)).returncode == 0
+    out = tmp_path / "out.pb"
+    wav = tmp_path / "speech.wav"
+    wav.write_bytes(wav_bytes())
+    result = run_cli("rewrite", str(path), "-o", str(out), "--feed", f"wav_data=@{wav}")
+    assert_clean_failure(result, path, "VendorMfcc")
+    assert "--no-verify" in result.stderr and not out.exists()
+    assert run_cli("rewrite", str(path), "-o", str(out), "--no-verify").returncode == 0 and out.exists()
+
+
+def test_interrupt_leaves_the_old_file_and_no_temporary(tmp_path, realgraphs):
+    out = tmp_path / "out.pb"
+    out.write_bytes(b"old")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bnrewrite", "rewrite", str(realgraphs / "pose_hourglass_frozen.pb"),
+         "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # inside the rewrite or TensorFlow's import: long before the write
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    assert out.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.pb"]

@@ -155,3 +155,34 @@ def test_half_precision_graph_stays_half():
     bias = next(n for n in rewritten.node if n.name.endswith("bn_folded/bias"))
     assert bias.attr["dtype"].type == types_pb2.DT_HALF
     assert to_numpy(bias.attr["value"].tensor).dtype == np.float16
+
+
+def _half_conv_bn(builder, weight, variance, version="FusedBatchNormV3"):
+    builder.node("x", "Placeholder", dtype=types_pb2.DT_HALF)
+    builder.node("w", "Const", value=np.full((1, 1, 3, 2), weight, np.float16), dtype=types_pb2.DT_HALF)
+    builder.node("conv", "Conv2D", "x", "w", T=types_pb2.DT_HALF, strides=[1, 1, 1, 1], padding="SAME",
+                 data_format="NHWC")
+    for role, value in (("gamma", 3.0), ("beta", 0.5), ("mean", 0.1), ("var", variance)):
+        builder.const(f"bn/{role}", [value, value])
+    builder.node("bn", version, "conv", "bn/gamma", "bn/beta", "bn/mean", "bn/var", T=types_pb2.DT_HALF,
+                 U=F32, epsilon=1e-9, is_training=False, data_format="NHWC")
+    builder.node("out", "Relu", "bn", T=types_pb2.DT_HALF)
+    return builder.graph
+
+
+def test_fold_that_would_overflow_fp16_is_refused(builder):
+    # scale = 3 / sqrt(1e-8) = 3e4; 30 * 3e4 = 9e5 > 65504, the largest half
+    (bn,) = bnrewrite.audit(_half_conv_bn(builder, weight=30.0, variance=1e-8)).batch_norms
+    assert (bn.action, bn.reason) == ("skip", "fold-precision")
+    assert "over 6.55e+04" in bn.detail
+
+
+def test_fold_that_would_underflow_fp16_is_refused(builder):
+    # scale = 3 / sqrt(1e4) = 0.03; 1e-3 * 0.03 = 3e-5 < 6.1e-5, the smallest normal half
+    (bn,) = bnrewrite.audit(_half_conv_bn(builder, weight=1e-3, variance=1e4)).batch_norms
+    assert (bn.action, bn.reason) == ("skip", "fold-precision")
+
+
+def test_ordinary_fp16_fold_is_allowed(builder):
+    (bn,) = bnrewrite.audit(_half_conv_bn(builder, weight=0.5, variance=2.0)).batch_norms
+    assert bn.action == "fold"
