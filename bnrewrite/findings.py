@@ -39,11 +39,18 @@ class Finding:
     problem: str | None = None  # why the parameters cannot be read as per-channel vectors
     branches: Mapping[str, "Finding"] = field(default_factory=dict)
 
-    def params(self) -> BNParams | None:
-        """Canonical float64 parameters; None unless every one is a usable constant."""
-        if self.problem or self.channels is None or self.epsilon is None:
+    @property
+    def uniform(self) -> bool:
+        """Every parameter is one value for all channels: it lines up with any host."""
+        return self.channels == 1
+
+    def params(self, channels: int | None = None) -> BNParams | None:
+        """Canonical float64 parameters (a uniform batch norm spread over `channels`);
+        None unless every one is a usable constant."""
+        channels = channels if self.uniform and channels else self.channels
+        if self.problem or channels is None or self.epsilon is None:
             return None
-        vectors = [None if self.values.get(r) is None else as_channel_vector(self.values[r], self.channels)
+        vectors = [None if self.values.get(r) is None else as_channel_vector(self.values[r], channels)
                    for r in ROLES]
         if any(v is None for v in vectors):
             return None

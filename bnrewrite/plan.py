@@ -75,7 +75,7 @@ def _mismatch(c: _Context) -> str | None:
     f, h = c.finding, c.host
     if h is None or h.weights is None:
         return None
-    if h.channel_axis != f.channel_axis or h.channels != f.channels:
+    if not f.uniform and (h.channel_axis != f.channel_axis or h.channels != f.channels):
         return (f"{h.node} gives {h.channels} channels on axis {h.channel_axis}, the batch norm "
                 f"normalises {f.channels} on axis {f.channel_axis}")
     if h.bias_axis not in (None, h.channel_axis) or (
@@ -99,19 +99,28 @@ def _other_consumers(c: _Context) -> str | None:
     return None
 
 
+# A folded output channel fed inputs of this magnitude must stay inside the dtype.
+INPUT_HEADROOM = 64.0
+
+
 def _precision(c: _Context) -> str | None:
     """Folding multiplies weights by gamma / sqrt(var + eps): with a tiny variance in fp16
-    that can leave the dtype's range, where the fused op would still compute in float32."""
-    params = c.finding.params()
+    the weights, the bias or the conv's own output can leave the dtype's range (the fused
+    op computes the batch norm in float32), or weights can sink below its smallest normal."""
+    params = c.finding.params(c.host.channels)
     weights = c.host.weights
     if params is None or not np.issubdtype(weights.dtype, np.floating):
         return None
     scale, offset = params.scale_offset()
     info = np.finfo(weights.dtype)
-    folded = np.abs(folded_weights(weights, scale, channel_axes(HOSTS[c.host.op], c.index, c.host.node)))
+    axes = channel_axes(HOSTS[c.host.op], c.index, c.host.node)
+    folded = np.abs(folded_weights(weights, scale, axes))
     bias = np.abs(folded_bias(c.host.bias, scale, offset))
-    if not np.isfinite(folded).all() or folded.max(initial=0) > info.max or bias.max(initial=0) > info.max:
-        return f"folded values reach {max(folded.max(initial=0), bias.max(initial=0)):.3g}, over {info.max:.3g}"
+    gain = folded.sum(axis=tuple(a for a in range(weights.ndim) if a not in axes)).max(initial=0)
+    worst = gain * INPUT_HEADROOM + bias.max(initial=0)
+    if not np.isfinite(worst) or worst > info.max:
+        return (f"a folded output channel reaches {worst:.3g} for inputs of {INPUT_HEADROOM:g}, "
+                f"over the {info.max:.3g} its dtype holds")
     lost = (folded < info.tiny) & (np.abs(weights) >= info.tiny)  # newly subnormal or zero
     if lost.any():
         return f"{int(lost.sum())} folded weights fall below {info.tiny:.3g}"

@@ -94,7 +94,7 @@ def _dtype(index: GraphIndex, node: str) -> int:
 
 def _fold(ed: _Editor, decision: Decision) -> None:
     finding, host = decision.finding, decision.host
-    scale, offset = finding.params().scale_offset()
+    scale, offset = finding.params(host.channels).scale_offset()
     spec = HOSTS[host.op]
     folded = folded_weights(host.weights, scale, channel_axes(spec, ed.index, host.node))
     folded = folded.astype(host.weights.dtype)

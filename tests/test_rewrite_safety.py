@@ -174,7 +174,7 @@ def test_fold_that_would_overflow_fp16_is_refused(builder):
     # scale = 3 / sqrt(1e-8) = 3e4; 30 * 3e4 = 9e5 > 65504, the largest half
     (bn,) = bnrewrite.audit(_half_conv_bn(builder, weight=30.0, variance=1e-8)).batch_norms
     assert (bn.action, bn.reason) == ("skip", "fold-precision")
-    assert "over 6.55e+04" in bn.detail
+    assert "over the 6.55e+04" in bn.detail
 
 
 def test_fold_that_would_underflow_fp16_is_refused(builder):
