@@ -9,9 +9,10 @@ BnRewriteError subclasses for problems the caller can fix):
 """
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from dataclasses import asdict, replace
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from . import graphio, names, validate
 from . import rewrite as _rewrite
@@ -36,9 +37,10 @@ __version__ = "0.1.0"
 def audit(graph_def: Any, path: str | None = None) -> AuditReport:
     """Every batch norm in `graph_def`, its form and parameters, and what the rewrite
     will do with it and why. `path` only labels the report and error messages."""
-    graph = graphio.to_internal(graph_def)
-    index = validate.check(graph, path)
-    return AuditReport(_info(graph, index, path), [entry(decision) for decision in make_plan(index)])
+    with _naming(path):
+        graph = graphio.to_internal(graph_def)
+        index = validate.check(graph, path)
+        return AuditReport(_info(graph, index, path), [entry(decision) for decision in make_plan(index)])
 
 
 def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
@@ -48,6 +50,12 @@ def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
     caller's class and a report; `outputs` names nodes that must survive (by default
     the nodes nothing consumes). With `verify` (needs TensorFlow) both graphs are run
     and VerificationError is raised unless every output matches."""
+    with _naming(path):
+        return _rewrite_graph(graph_def, mode, outputs, path, verify)
+
+
+def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str | None,
+                   verify: VerifyOptions | None) -> tuple[Any, RewriteReport]:
     graph = graphio.to_internal(graph_def)
     index = validate.check(graph, path, outputs)
     info = _info(graph, index, path)
@@ -64,10 +72,7 @@ def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
     if verify is not None:
         options = replace(verify, outputs=tuple(verify.outputs) or tuple(outputs))
         trace = [d.finding.output for d in decisions]
-        try:
-            checked = _verify.verify(graph_def, result, options, trace=trace)
-        except CannotVerifyError as error:
-            raise CannotVerifyError(error.problem, path) from None
+        checked = _verify.verify(graph_def, result, options, trace=trace)
         report.verification = asdict(checked)
         if not checked.passed:
             raise VerificationError(checked.describe(), path)
@@ -79,6 +84,18 @@ def verify(original: Any, rewritten: Any, options: VerifyOptions = VerifyOptions
     where one differs, name the first batch norm of the original whose output differs."""
     trace = [entry.output for entry in audit(original).batch_norms]
     return _verify.verify(original, rewritten, options, trace=trace)
+
+
+@contextlib.contextmanager
+def _naming(path: str | None) -> Iterator[None]:
+    """Errors raised deep inside (a malformed attribute, a graph TensorFlow refuses) learn
+    which file they are about, so the CLI's one line can name it."""
+    try:
+        yield
+    except BnRewriteError as error:
+        if error.path or not path:
+            raise
+        raise type(error)(error.problem, path) from None
 
 
 def _info(graph: Any, index: GraphIndex, path: str | None) -> GraphInfo:

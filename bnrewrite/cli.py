@@ -125,11 +125,9 @@ def _audit(args: argparse.Namespace) -> int:
             reports.append(report)
         except BnRewriteError as error:
             status = max(status, _complain(error))
-    if args.format == "json":
-        if reports:
-            print(to_json(reports))
-    else:
-        print("\n\n".join(report.to_text() for report in reports))
+    if reports:
+        print(to_json(reports) if args.format == "json" else
+              "\n\n".join(report.to_text() for report in reports))
     return status
 
 

@@ -18,6 +18,7 @@ from .pattern import root_types
 from .variants import Variant, catalogue, statistics
 
 ROLES = ("gamma", "beta", "mean", "variance")
+ATTR_KINDS = {"epsilon": float, "training": bool, "data_format": str, "use_gamma": bool}
 _IDENTITY = frozenset({"Identity", "Snapshot"})
 
 
@@ -85,7 +86,7 @@ def find_batch_norms(index: GraphIndex) -> list[Finding]:
 def _read(variant: Variant, found: Match, index: GraphIndex, root: str) -> Finding | None:
     def attr(role: str, default: Any = None) -> Any:
         key = variant.attrs.get(role)
-        return index.attr(root, key, default) if key else default
+        return index.attr(root, key, default, ATTR_KINDS[role]) if key else default
 
     values: dict[str, np.ndarray | None] = {
         role: found.values[role] if role in found.values else _DEFAULTS[role] for role in ROLES
@@ -119,6 +120,9 @@ def _read(variant: Variant, found: Match, index: GraphIndex, root: str) -> Findi
     channels, axis = shape if shape is not None else (None, -1)
     if channels == 1 and len(known) < len(ROLES):
         channels = None  # only defaults and scalars seen: the channel count is not known
+    if problem is None and channels is not None and any(
+            as_channel_vector(v, channels) is None for v in values.values() if v is not None):
+        problem = "parameters are not per-channel vectors"
     if variant.attrs.get("data_format"):
         axis = layout_channel_axis(layout or "NHWC")
     return Finding(variant.form, root, found.tensors["x"], inputs, frozenset(nodes), frozenset(param_nodes),

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import names
+from .errors import InvalidGraphError
 from .fold_math import channel_layout
 from .index import GraphIndex
 from .matcher import Match, match
@@ -94,12 +95,13 @@ def find_host(index: GraphIndex, tensor: str) -> HostMatch | None:
         bias_axis=_bias_axis(index, found, bias),
         channels=_channels(spec, index, node.name, weights),
         param_nodes=found.param_nodes,
-        channel_axis=layout_channel_axis(index.attr(node.name, spec.layout_attr) if spec.layout_attr else None),
+        channel_axis=layout_channel_axis(index.attr(node.name, spec.layout_attr, kind=str)
+                                         if spec.layout_attr else None),
     )
 
 
 def channel_axes(spec: Host, index: GraphIndex, name: str) -> tuple[int, ...]:
-    if spec.transposed_by and index.attr(name, spec.transposed_by, False):
+    if spec.transposed_by and index.attr(name, spec.transposed_by, False, bool):
         return (0,)
     return spec.channel_axes
 
@@ -118,13 +120,18 @@ def _bias_axis(index: GraphIndex, found: Match, bias: np.ndarray | None) -> int 
         return None
     node = names.node_of(found.tensors["bias_add"])
     if index.nodes[node].op == "BiasAdd":
-        return layout_channel_axis(index.attr(node, "data_format"))
+        return layout_channel_axis(index.attr(node, "data_format", kind=str))
     layout = channel_layout([bias])
     return layout[1] if layout else 0  # 0: no single channel axis, never lines up
 
 
+LAYOUTS = {"NHWC": -1, "NDHWC": -1, "NCHW": -3, "NCDHW": -4, "NWC": -1, "NCW": -2}
+
+
 def layout_channel_axis(layout: str | None) -> int:
     """NHWC-like layouts keep channels last; NCHW-like ones second (counted from the end)."""
-    if layout and layout.startswith("NC"):
-        return -(len(layout) - 1)
-    return -1
+    if not layout:
+        return -1
+    if layout not in LAYOUTS:
+        raise InvalidGraphError(f"unknown data_format '{layout}'")
+    return LAYOUTS[layout]

@@ -15,6 +15,7 @@ from typing import Any, Iterable, NamedTuple
 import numpy as np
 
 from . import names, tensors
+from .errors import InvalidGraphError
 
 # Ops that forward input 0 unchanged (Switch forwards it on whichever port is taken).
 PASSTHROUGH = frozenset({"Identity", "Snapshot", "StopGradient", "PreventGradient", "Switch"})
@@ -73,17 +74,24 @@ class GraphIndex:
         """Output ports of `name` that some node reads as data."""
         return set(self._ports.get(name, ()))
 
-    def attr(self, name: str, key: str, default: Any = None) -> Any:
+    def attr(self, name: str, key: str, default: Any = None, kind: type | None = None) -> Any:
+        """An attribute's value (strings decoded, a dtype as its enum), or `default` when
+        absent; with `kind`, a value of another kind is a malformed graph (exit 2)."""
         node = self.nodes[name]
         if key not in node.attr:
             return default
         value = node.attr[key]
-        kind = value.WhichOneof("value")
-        if kind == "s":
-            return value.s.decode("utf-8", "replace")
-        if kind == "list":
-            return list(value.list.i) or [s.decode() for s in value.list.s]
-        return getattr(value, kind) if kind else default
+        which = value.WhichOneof("value")
+        if which == "s":
+            result = value.s.decode("utf-8", "replace")
+        elif which == "list":
+            result = list(value.list.i) or [s.decode("utf-8", "replace") for s in value.list.s]
+        else:
+            result = getattr(value, which) if which else default
+        if kind is not None and result is not None and type(result) is not kind:
+            raise InvalidGraphError(f"node '{name}': attribute '{key}' holds {which or 'nothing'}, "
+                                    f"not a {kind.__name__}")
+        return result
 
     def skip_passthrough(self, tensor: str, ops: frozenset[str] = PASSTHROUGH
                          ) -> tuple[str, tuple[str, ...]]:

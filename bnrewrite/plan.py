@@ -34,6 +34,7 @@ REASONS = {
     "host-has-other-consumers": "the host's output (or its bias) is also read outside the batch norm",
     "fuse-mode": "--mode fuse: weights are left alone",
     "fold-precision": "the folded weights or bias would overflow or underflow in the weights' dtype",
+    "degenerate-parameters": "a parameter is NaN or infinite, or variance + epsilon is not positive",
 }
 
 
@@ -68,6 +69,20 @@ def _not_constant(c: _Context) -> str | None:
         return f"{', '.join(missing)} of {c.finding.output} not constant"
     if c.finding.epsilon is None:
         return "epsilon is not known"
+    return None
+
+
+def _degenerate(c: _Context) -> str | None:
+    """NaN or Inf come out of such a batch norm by itself; folded or rearranged they would
+    spread differently, so only a fused op taking the very same tensors may replace it."""
+    params = c.finding.params()
+    if params is None:
+        return None
+    values = np.concatenate([params.gamma, params.beta, params.mean, params.variance, [params.epsilon]])
+    if not np.isfinite(values).all():
+        return "a parameter is NaN or infinite"
+    if (params.variance + params.epsilon <= 0).any():
+        return "variance + epsilon is not positive in some channel"
     return None
 
 
@@ -138,6 +153,7 @@ CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
     ("side-output-used", _side_outputs),
     ("channel-mismatch", lambda c: c.finding.problem),
     ("not-constant", _not_constant),
+    ("degenerate-parameters", _degenerate),
     ("no-linear-host", _when(lambda c: c.host is None, "input is not produced by a foldable op")),
     ("not-constant", _host_weights),
     ("channel-mismatch", _mismatch),
@@ -148,15 +164,16 @@ _FUSE_MODE = ("fuse-mode", _when(lambda c: True, "weights are left alone"))
 
 
 def _action_when_refused(index: GraphIndex, finding: Finding, reason: str) -> str:
-    if finding.problem:
+    if finding.problem or finding.epsilon is None:
         return SKIP  # parameters that are not per-channel vectors cannot feed a fused op
-    if _fused_needed(finding, reason) and index.attr(finding.output, "T") not in FUSED_DTYPES:
+    dtype = index.attr(finding.output, "T", kind=int)
+    if dtype is None or (_fused_needed(finding, reason) and dtype not in FUSED_DTYPES):
         return SKIP  # FusedBatchNormV3 computes half, bfloat16 or float32 only
     if reason == "not-constant" and finding.form in SINGLE_OP and (
             "gamma" in finding.inputs or finding.channels is not None):
         return FUSE  # FusedBatchNormV3 takes the same tensors (and ones for an ignored gamma)
-    if reason in ("learning-phase-cond", "side-output-used", "not-constant"):
-        return SKIP
+    if reason in ("learning-phase-cond", "side-output-used", "not-constant", "degenerate-parameters"):
+        return FUSE if reason == "degenerate-parameters" and finding.form in SINGLE_OP else SKIP
     if reason == "training-mode":
         return FUSE if _fusable_statistics(finding) else SKIP
     return SKIP if finding.form == "FusedBatchNormV3" else FUSE  # already the fused form

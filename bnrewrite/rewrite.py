@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import names, nodes, tensors
+from .errors import InvalidGraphError
 from .findings import Finding
 from .fold_math import folded_bias, folded_weights
 from .hosts import HOSTS, channel_axes
@@ -89,7 +90,10 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
 
 
 def _dtype(index: GraphIndex, node: str) -> int:
-    return index.attr(node, "T")
+    dtype = index.attr(node, "T", kind=int)
+    if tensors.numpy_dtype(dtype) is None:
+        raise InvalidGraphError(f"node '{node}' has no numeric type attribute 'T'")
+    return dtype
 
 
 def _fold(ed: _Editor, decision: Decision) -> None:
@@ -118,7 +122,7 @@ def _fuse_op(ed: _Editor, finding: Finding) -> None:
     gamma = finding.inputs.get("gamma") or ed.const(
         f"{finding.output}/bn_ones", np.ones(finding.channels, np.float32), finding.output)
     inputs = [finding.x, gamma, finding.inputs["beta"], finding.inputs["mean"], finding.inputs["variance"]]
-    layout = ed.index.attr(finding.output, "data_format", "NHWC")
+    layout = ed.index.attr(finding.output, "data_format", "NHWC", str)
     ed.replace(finding, nodes.fused_batch_norm_v3(
         finding.output, inputs, _dtype(ed.index, finding.output), finding.epsilon, layout, training=False))
 

@@ -59,9 +59,9 @@ def to_numpy(tensor: Any) -> np.ndarray | None:
     if size > MAX_ELEMENTS:
         return None
     if tensor.tensor_content:
+        if len(tensor.tensor_content) != size * np.dtype(np_type).itemsize:
+            return None  # content that does not fill the shape: not a usable constant
         flat = np.frombuffer(tensor.tensor_content, dtype=np_type)
-        if flat.size != size:
-            return None
         return flat.reshape(shape).copy()
     values = getattr(tensor, field)
     if field == "half_val":

@@ -7,10 +7,11 @@ the same positions and infinities must be equal.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from .index import GraphIndex
 TOLERANCES = {np.dtype(np.float32): (1e-5, 1e-6), np.dtype(np.float64): (1e-9, 1e-12),
               np.dtype(np.float16): (5e-3, 1e-3)}
 DEFAULT_BATCH = 2
+MAX_FEED_ELEMENTS = 1 << 27  # 512 MiB of float32: more is a broken shape, not a test input
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ def make_feeds(graph_def: Any, inputs: Sequence[str] = (), batch: int = DEFAULT_
             if dims is None:
                 raise CannotVerifyError(f"input '{name}' has no known rank: give it --input-shape {name}=...")
             shape = [d if d >= 0 else batch for d in dims]
+        if np.prod(shape, dtype=np.float64) > MAX_FEED_ELEMENTS or min(shape, default=0) < 0:
+            raise CannotVerifyError(f"input '{name}' would have shape {list(shape)}: "
+                                    f"pass --input-shape {name}=...")
         if dtype is None or dtype == np.bool_:
             kind = "a bool" if dtype == np.bool_ else "not numeric"
             raise CannotVerifyError(f"input '{name}' is {kind} and cannot be filled automatically: "
@@ -130,7 +135,7 @@ def run(graph_def: Any, feeds: Mapping[str, np.ndarray], fetches: Sequence[str])
     graph, _ = runnable(graph_def)
     graph = tf.compat.v1.GraphDef.FromString(graph.SerializeToString())
     try:
-        with tf.Graph().as_default() as tf_graph:
+        with _quiet_stderr(), tf.Graph().as_default() as tf_graph:
             tf.compat.v1.import_graph_def(graph, name="")
             with tf.compat.v1.Session(graph=tf_graph) as session:
                 fetch = [tf_graph.get_tensor_by_name(_tensor(name)) for name in fetches]
@@ -231,23 +236,28 @@ def probe(graph_def: Any, options: Options = Options()) -> list[Probe]:
     return found
 
 
-def _tensorflow() -> Any:
-    """Import TensorFlow with its start-up log lines (written by C++ straight to file
-    descriptor 2, whatever TF_CPP_MIN_LOG_LEVEL says) kept off the user's stderr."""
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """TensorFlow's C++ logs go straight to file descriptor 2, whatever
+    TF_CPP_MIN_LOG_LEVEL says; its errors reach us as exceptions, which we report."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import tensorflow as tf
-            tf.constant(0.0)  # the oneDNN notice comes with the first kernel, not the import
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-    return tf
+
+
+def _tensorflow() -> Any:
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        with _quiet_stderr():
+            import tensorflow as tf
+            tf.constant(0.0)  # the oneDNN notice comes with the first kernel, not the import
+    return sys.modules["tensorflow"]
 
 
 def _tensor(name: str) -> str:
