@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 from tensorboard.compat.proto import types_pb2
 
+from . import names
 from .findings import Finding, find_batch_norms
 from .fold_math import as_channel_vector, folded_bias, folded_weights
 from .hosts import HOSTS, HostMatch, channel_axes, find_host
@@ -73,14 +74,17 @@ def _not_constant(c: _Context) -> str | None:
 
 
 def _degenerate(c: _Context) -> str | None:
-    """NaN or Inf come out of such a batch norm by itself; folded or rearranged they would
-    spread differently, so only a fused op taking the very same tensors may replace it."""
+    """NaN or Inf come out of such a batch norm (or its host) by itself; folded or
+    rearranged they would spread differently (TensorFlow's kernels do not even agree on
+    Relu(NaN)), so only a fused op taking the very same tensors may replace it."""
     params = c.finding.params()
     if params is None:
         return None
-    values = np.concatenate([params.gamma, params.beta, params.mean, params.variance, [params.epsilon]])
-    if not np.isfinite(values).all():
-        return "a parameter is NaN or infinite"
+    values = [params.gamma, params.beta, params.mean, params.variance, [params.epsilon]]
+    if c.host is not None:
+        values += [np.asarray(v, np.float64).ravel() for v in (c.host.weights, c.host.bias) if v is not None]
+    if not np.isfinite(np.concatenate(values)).all():
+        return "a parameter or the host's weights hold NaN or infinity"
     if (params.variance + params.epsilon <= 0).any():
         return "variance + epsilon is not positive in some channel"
     return None
@@ -104,6 +108,13 @@ def _host_weights(c: _Context) -> str | None:
 
 
 def _other_consumers(c: _Context) -> str | None:
+    """Folding changes the host's output: nothing but the batch norm may read it, nor any
+    intermediate of the batch norm computed from it (x * inv read elsewhere, say)."""
+    for node in _reading_x(c):
+        outside = c.index.node_consumers(node) - set(c.finding.nodes)
+        if node != c.finding.output and (outside or node in c.fetched):
+            readers = ", ".join(sorted(outside)) or "the caller"
+            return f"{node}, computed from the host's output, is also read by {readers}"
     chain = list(c.host.chain)
     for node, next_nodes in zip(chain, [{n} for n in chain[1:]] + [set(c.finding.nodes)]):
         outside = c.index.node_consumers(node) - next_nodes
@@ -142,6 +153,19 @@ def _precision(c: _Context) -> str | None:
     return None
 
 
+def _reading_x(c: _Context) -> set[str]:
+    """The batch norm's nodes whose value depends on its input x."""
+    x_node = names.node_of(c.finding.x)
+    found: set[str] = set()
+    frontier = [x_node]
+    while frontier:
+        node = frontier.pop()
+        for user in c.index.node_consumers(node) & set(c.finding.nodes) - found:
+            found.add(user)
+            frontier.append(user)
+    return found
+
+
 def _when(test: Callable[[_Context], bool], detail: str) -> Callable[[_Context], str | None]:
     return lambda c: detail if test(c) else None
 
@@ -166,6 +190,8 @@ _FUSE_MODE = ("fuse-mode", _when(lambda c: True, "weights are left alone"))
 def _action_when_refused(index: GraphIndex, finding: Finding, reason: str) -> str:
     if finding.problem or finding.epsilon is None:
         return SKIP  # parameters that are not per-channel vectors cannot feed a fused op
+    if finding.form in SINGLE_OP and "gamma" not in finding.inputs and finding.channels is None:
+        return SKIP  # an ignored gamma becomes ones: how many is not known
     dtype = index.attr(finding.output, "T", kind=int)
     if dtype is None or (_fused_needed(finding, reason) and dtype not in FUSED_DTYPES):
         return SKIP  # FusedBatchNormV3 computes half, bfloat16 or float32 only
@@ -189,7 +215,7 @@ def _fusable_statistics(finding: Finding) -> bool:
     rank = len(finding.axes) + 1
     return (finding.statistics in ("moments", "sufficient_statistics")
             and finding.axes == tuple(range(rank - 1)) and 2 <= rank <= 5 and finding.channel_axis == -1
-            and finding.channels is not None)
+            and finding.vector("gamma") is not None and finding.vector("beta") is not None)
 
 
 def decide(index: GraphIndex, finding: Finding, mode: str = "fold",

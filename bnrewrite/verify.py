@@ -1,21 +1,18 @@
 """Run two graphs on the same seeded inputs and compare every output.
 
-The only module that imports TensorFlow, and only when a check runs (DESIGN §6).
+TensorFlow runs in tfrun's worker process, started only when a check runs (DESIGN §6).
 Tolerances (DESIGN §5): an output matches when max|a - b| <= atol + rtol * scale,
 scale being the largest finite magnitude of the original output; NaN must sit at
 the same positions and infinities must be equal.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import graphio, names, tensors
+from . import graphio, tensors, tfrun
 from .errors import CannotVerifyError
 from .index import GraphIndex
 
@@ -129,22 +126,10 @@ def runnable(graph_def: Any) -> tuple[Any, bool]:
 
 
 def run(graph_def: Any, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
-    """Import into a fresh TensorFlow graph and run it on the CPU; CannotVerifyError
-    (with TensorFlow's first line) when TensorFlow refuses the graph or fails to run it."""
-    tf = _tensorflow()
+    """Run a graph in TensorFlow on the CPU (in tfrun's worker process); CannotVerifyError
+    with TensorFlow's first line when it refuses the graph, fails or crashes."""
     graph, _ = runnable(graph_def)
-    graph = tf.compat.v1.GraphDef.FromString(graph.SerializeToString())
-    try:
-        with _quiet_stderr(), tf.Graph().as_default() as tf_graph:
-            tf.compat.v1.import_graph_def(graph, name="")
-            with tf.compat.v1.Session(graph=tf_graph) as session:
-                fetch = [tf_graph.get_tensor_by_name(_tensor(name)) for name in fetches]
-                feed = {tf_graph.get_tensor_by_name(_tensor(k)): v for k, v in feeds.items()}
-                return session.run(fetch, feed)
-    except (ValueError, TypeError, KeyError, tf.errors.OpError) as error:
-        message = getattr(error, "message", None) or str(error)
-        raise CannotVerifyError(f"TensorFlow cannot run the graph: {message.strip().splitlines()[0]}"
-                                " (--no-verify skips the check)") from None
+    return tfrun.run(graph.SerializeToString(deterministic=True), feeds, fetches)
 
 
 def compare(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float | None = None,
@@ -234,32 +219,3 @@ def probe(graph_def: Any, options: Options = Options()) -> list[Probe]:
         check = compare(name, together[:1], single, rtol=0.0, atol=0.0)
         found.append(Probe(name, batch, check.max_abs, check.max_rel))
     return found
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """TensorFlow's C++ logs go straight to file descriptor 2, whatever
-    TF_CPP_MIN_LOG_LEVEL says; its errors reach us as exceptions, which we report."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _tensorflow() -> Any:
-    if "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        with _quiet_stderr():
-            import tensorflow as tf
-            tf.constant(0.0)  # the oneDNN notice comes with the first kernel, not the import
-    return sys.modules["tensorflow"]
-
-
-def _tensor(name: str) -> str:
-    ref = names.parse(name)
-    return f"{ref.node}:{ref.index}"
