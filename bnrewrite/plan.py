@@ -35,7 +35,8 @@ REASONS = {
     "host-has-other-consumers": "the host's output (or its bias) is also read outside the batch norm",
     "fuse-mode": "--mode fuse: weights are left alone",
     "fold-precision": "the folded weights or bias would overflow or underflow in the weights' dtype",
-    "degenerate-parameters": "a parameter is NaN or infinite, or variance + epsilon is not positive",
+    "non-finite-parameters": "a parameter or the host's weights hold NaN or infinity",
+    "degenerate-parameters": "variance + epsilon is not positive: the batch norm outputs NaN there",
 }
 
 
@@ -73,21 +74,27 @@ def _not_constant(c: _Context) -> str | None:
     return None
 
 
-def _degenerate(c: _Context) -> str | None:
-    """NaN or Inf come out of such a batch norm (or its host) by itself; folded or
-    rearranged they would spread differently (TensorFlow's kernels do not even agree on
-    Relu(NaN)), so only a fused op taking the very same tensors may replace it."""
+def _non_finite(c: _Context) -> str | None:
+    """NaN or Inf in the parameters or weights spread differently through any other
+    arrangement of the arithmetic (TensorFlow's kernels do not even agree on Relu(NaN)):
+    such a batch norm is left exactly as it is."""
     params = c.finding.params()
     if params is None:
         return None
     values = [params.gamma, params.beta, params.mean, params.variance, [params.epsilon]]
     if c.host is not None:
         values += [np.asarray(v, np.float64).ravel() for v in (c.host.weights, c.host.bias) if v is not None]
-    if not np.isfinite(np.concatenate(values)).all():
-        return "a parameter or the host's weights hold NaN or infinity"
-    if (params.variance + params.epsilon <= 0).any():
-        return "variance + epsilon is not positive in some channel"
-    return None
+    bad = [np.count_nonzero(~np.isfinite(v)) for v in values]
+    return f"{sum(bad)} parameter or weight values are NaN or infinite" if any(bad) else None
+
+
+def _degenerate(c: _Context) -> str | None:
+    """variance + epsilon <= 0 makes whole channels NaN; a fused op over the very same
+    tensors does the same, anything folded or rearranged need not."""
+    params = c.finding.params()
+    if params is None or not (params.variance + params.epsilon <= 0).any():
+        return None
+    return f"variance + epsilon is not positive in {int((params.variance + params.epsilon <= 0).sum())} channels"
 
 
 def _mismatch(c: _Context) -> str | None:
@@ -177,6 +184,7 @@ CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
     ("side-output-used", _side_outputs),
     ("channel-mismatch", lambda c: c.finding.problem),
     ("not-constant", _not_constant),
+    ("non-finite-parameters", _non_finite),
     ("degenerate-parameters", _degenerate),
     ("no-linear-host", _when(lambda c: c.host is None, "input is not produced by a foldable op")),
     ("not-constant", _host_weights),
@@ -198,7 +206,8 @@ def _action_when_refused(index: GraphIndex, finding: Finding, reason: str) -> st
     if reason == "not-constant" and finding.form in SINGLE_OP and (
             "gamma" in finding.inputs or finding.channels is not None):
         return FUSE  # FusedBatchNormV3 takes the same tensors (and ones for an ignored gamma)
-    if reason in ("learning-phase-cond", "side-output-used", "not-constant", "degenerate-parameters"):
+    if reason in ("learning-phase-cond", "side-output-used", "not-constant", "non-finite-parameters",
+                  "degenerate-parameters"):
         return FUSE if reason == "degenerate-parameters" and finding.form in SINGLE_OP else SKIP
     if reason == "training-mode":
         return FUSE if _fusable_statistics(finding) else SKIP
