@@ -10,8 +10,9 @@ from tensorboard.compat.proto import node_def_pb2, types_pb2
 from . import tensors
 
 
-def _node(name: str, op: str, inputs: Iterable[str], device: str = "", **attrs: Any) -> Any:
-    node = node_def_pb2.NodeDef(name=name, op=op, input=list(inputs), device=device)
+def set_attrs(node: Any, **attrs: Any) -> Any:
+    """Attributes by Python type: bool, float, str, list of ints, ndarray (a tensor),
+    and int for a dtype enum (the only ints a NodeDef holds outside lists)."""
     for key, value in attrs.items():
         slot = node.attr[key]
         if isinstance(value, bool):
@@ -20,11 +21,17 @@ def _node(name: str, op: str, inputs: Iterable[str], device: str = "", **attrs: 
             slot.f = value
         elif isinstance(value, str):
             slot.s = value.encode()
+        elif isinstance(value, list):
+            slot.list.i.extend(value)
         elif isinstance(value, np.ndarray):
             slot.tensor.CopyFrom(tensors.to_proto(value))
         else:
             slot.type = value
     return node
+
+
+def _node(name: str, op: str, inputs: Iterable[str], device: str = "", **attrs: Any) -> Any:
+    return set_attrs(node_def_pb2.NodeDef(name=name, op=op, input=list(inputs), device=device), **attrs)
 
 
 def const(name: str, value: np.ndarray, device: str = "") -> Any:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tensorboard.compat.proto import graph_pb2, types_pb2
 
-from bnrewrite import tensors
+from bnrewrite.nodes import set_attrs
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
@@ -37,20 +37,7 @@ class Builder:
         self.graph = graph_pb2.GraphDef()
 
     def node(self, name: str, op: str, *inputs: str, **attrs) -> "Builder":
-        node = self.graph.node.add(name=name, op=op, input=list(inputs))
-        for key, value in attrs.items():
-            if isinstance(value, np.ndarray):
-                node.attr[key].tensor.CopyFrom(tensors.to_proto(value))
-            elif isinstance(value, bool):
-                node.attr[key].b = value
-            elif isinstance(value, float):
-                node.attr[key].f = value
-            elif isinstance(value, str):
-                node.attr[key].s = value.encode()
-            elif isinstance(value, list):
-                node.attr[key].list.i.extend(value)
-            else:
-                node.attr[key].type = value
+        set_attrs(self.graph.node.add(name=name, op=op, input=list(inputs)), **attrs)
         return self
 
     def const(self, name: str, value) -> "Builder":

@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import strategies as st
 from tensorboard.compat.proto import graph_pb2, types_pb2
 
-from bnrewrite.tensors import to_proto
+from bnrewrite.nodes import set_attrs
 
 F32, F16, I32 = types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_INT32
 HOSTS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "MatMul_tb", "Conv3D", "Conv2DBackpropInput",
@@ -67,21 +67,7 @@ class _Graph:
         self.graph.versions.producer = producer
 
     def node(self, name: str, op: str, *inputs: str, **attrs) -> str:
-        node = self.graph.node.add(name=name, op=op, input=list(inputs))
-        for key, value in attrs.items():
-            slot = node.attr[key]
-            if isinstance(value, bool):
-                slot.b = value
-            elif isinstance(value, float):
-                slot.f = value
-            elif isinstance(value, str):
-                slot.s = value.encode()
-            elif isinstance(value, list):
-                slot.list.i.extend(value)
-            elif isinstance(value, np.ndarray):
-                slot.tensor.CopyFrom(to_proto(value))
-            else:
-                slot.type = value
+        set_attrs(self.graph.node.add(name=name, op=op, input=list(inputs)), **attrs)
         return name
 
     def const(self, name: str, value, dtype=np.float32, read: bool = True) -> str:

@@ -36,7 +36,7 @@ REALGRAPHS = ROOT.parent / "shared" / "realgraphs"
 sys.path.insert(0, str(ROOT))
 
 from bnrewrite import save_graph  # noqa: E402
-from bnrewrite.tensors import to_proto  # noqa: E402
+from bnrewrite.nodes import set_attrs  # noqa: E402
 from tensorboard.compat.proto import graph_pb2, types_pb2  # noqa: E402
 
 FLOOR = ("import sys; from tensorboard.compat.proto import graph_pb2; g = graph_pb2.GraphDef(); "
@@ -49,18 +49,7 @@ def synthetic_graph(blocks: int = 91, channels: int = 16) -> graph_pb2.GraphDef:
     graph = graph_pb2.GraphDef()
 
     def node(name, op, *inputs, **attrs):
-        n = graph.node.add(name=name, op=op, input=list(inputs))
-        for key, value in attrs.items():
-            if isinstance(value, np.ndarray):
-                n.attr[key].tensor.CopyFrom(to_proto(value))
-            elif isinstance(value, bytes):
-                n.attr[key].s = value
-            elif isinstance(value, float):
-                n.attr[key].f = value
-            elif isinstance(value, bool):
-                n.attr[key].b = value
-            else:
-                n.attr[key].type = value
+        set_attrs(graph.node.add(name=name, op=op, input=list(inputs)), **attrs)
 
     node("input", "Placeholder", dtype=types_pb2.DT_FLOAT)
     previous = "input"
@@ -68,15 +57,15 @@ def synthetic_graph(blocks: int = 91, channels: int = 16) -> graph_pb2.GraphDef:
         p = f"block{b}"
         node(f"{p}/w", "Const", value=rng.normal(size=(3, 3, channels, channels)).astype(np.float32),
              dtype=types_pb2.DT_FLOAT)
-        node(f"{p}/conv", "Conv2D", previous, f"{p}/w", T=types_pb2.DT_FLOAT, padding=b"SAME",
-             data_format=b"NHWC")
+        node(f"{p}/conv", "Conv2D", previous, f"{p}/w", T=types_pb2.DT_FLOAT, padding="SAME",
+             data_format="NHWC")
         node(f"{p}/b", "Const", value=rng.normal(size=channels).astype(np.float32), dtype=types_pb2.DT_FLOAT)
-        node(f"{p}/biased", "BiasAdd", f"{p}/conv", f"{p}/b", T=types_pb2.DT_FLOAT, data_format=b"NHWC")
+        node(f"{p}/biased", "BiasAdd", f"{p}/conv", f"{p}/b", T=types_pb2.DT_FLOAT, data_format="NHWC")
         for role in ("gamma", "beta", "mean", "variance"):
             value = rng.uniform(0.5, 2.0, channels).astype(np.float32)
             node(f"{p}/{role}", "Const", value=value, dtype=types_pb2.DT_FLOAT)
         node(f"{p}/bn", "FusedBatchNorm", f"{p}/biased", f"{p}/gamma", f"{p}/beta", f"{p}/mean",
-             f"{p}/variance", T=types_pb2.DT_FLOAT, epsilon=0.001, is_training=False, data_format=b"NHWC")
+             f"{p}/variance", T=types_pb2.DT_FLOAT, epsilon=0.001, is_training=False, data_format="NHWC")
         node(f"{p}/identity", "Identity", f"{p}/bn", T=types_pb2.DT_FLOAT)
         node(f"{p}/relu", "Relu", f"{p}/identity", T=types_pb2.DT_FLOAT)
         previous = f"{p}/relu"
