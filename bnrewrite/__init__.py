@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import asdict, replace
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+
 from . import graphio, names, validate
 from . import rewrite as _rewrite
 from . import verify as _verify
@@ -37,7 +39,7 @@ __version__ = "0.1.0"
 def audit(graph_def: Any, path: str | None = None) -> AuditReport:
     """Every batch norm in `graph_def`, its form and parameters, and what the rewrite
     will do with it and why. `path` only labels the report and error messages."""
-    with _naming(path):
+    with _boundary(path):
         graph = graphio.to_internal(graph_def)
         index = validate.check(graph, path)
         return AuditReport(_info(graph, index, path), [entry(decision) for decision in make_plan(index)])
@@ -50,7 +52,7 @@ def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
     caller's class and a report; `outputs` names nodes that must survive (by default
     the nodes nothing consumes). With `verify` (needs TensorFlow) both graphs are run
     and VerificationError is raised unless every output matches."""
-    with _naming(path):
+    with _boundary(path):
         return _rewrite_graph(graph_def, mode, outputs, path, verify)
 
 
@@ -87,11 +89,13 @@ def verify(original: Any, rewritten: Any, options: VerifyOptions = VerifyOptions
 
 
 @contextlib.contextmanager
-def _naming(path: str | None) -> Iterator[None]:
-    """Errors raised deep inside (a malformed attribute, a graph TensorFlow refuses) learn
-    which file they are about, so the CLI's one line can name it."""
+def _boundary(path: str | None) -> Iterator[None]:
+    """The API's edge: numpy's overflow and NaN warnings about hostile parameters stay
+    quiet (the plan reasons about those values itself), and errors raised deep inside
+    (a malformed attribute, a graph TensorFlow refuses) learn which file they are about."""
     try:
-        yield
+        with np.errstate(all="ignore"):
+            yield
     except BnRewriteError as error:
         if error.path or not path:
             raise

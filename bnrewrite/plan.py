@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 from tensorboard.compat.proto import types_pb2
 
-from . import names
+from . import names, tensors
 from .findings import Finding, find_batch_norms
 from .fold_math import as_channel_vector, folded_bias, folded_weights
 from .hosts import HOSTS, HostMatch, channel_axes, find_host
@@ -78,14 +78,16 @@ def _non_finite(c: _Context) -> str | None:
     """NaN or Inf in the parameters or weights spread differently through any other
     arrangement of the arithmetic (TensorFlow's kernels do not even agree on Relu(NaN)):
     such a batch norm is left exactly as it is."""
-    params = c.finding.params()
-    if params is None:
-        return None
-    values = [params.gamma, params.beta, params.mean, params.variance, [params.epsilon]]
+    bad = _non_finite_count(c.finding)
     if c.host is not None:
-        values += [np.asarray(v, np.float64).ravel() for v in (c.host.weights, c.host.bias) if v is not None]
-    bad = [np.count_nonzero(~np.isfinite(v)) for v in values]
-    return f"{sum(bad)} parameter or weight values are NaN or infinite" if any(bad) else None
+        bad += sum(np.count_nonzero(~np.isfinite(np.asarray(v, np.float64)))
+                   for v in (c.host.weights, c.host.bias) if v is not None)
+    return f"{bad} parameter or weight values are NaN or infinite" if bad else None
+
+
+def _non_finite_count(finding: Finding) -> int:
+    values = [v for v in finding.values.values() if v is not None] + [[finding.epsilon or 0.0]]
+    return sum(np.count_nonzero(~np.isfinite(np.asarray(v, np.float64))) for v in values)
 
 
 def _degenerate(c: _Context) -> str | None:
@@ -206,12 +208,22 @@ def _action_when_refused(index: GraphIndex, finding: Finding, reason: str) -> st
     if reason == "not-constant" and finding.form in SINGLE_OP and (
             "gamma" in finding.inputs or finding.channels is not None):
         return FUSE  # FusedBatchNormV3 takes the same tensors (and ones for an ignored gamma)
+    if finding.form not in SINGLE_OP and reason != "training-mode" and not _fits(finding, dtype):
+        return SKIP  # x * scale + offset would overflow x's dtype
     if reason in ("learning-phase-cond", "side-output-used", "not-constant", "non-finite-parameters",
                   "degenerate-parameters"):
         return FUSE if reason == "degenerate-parameters" and finding.form in SINGLE_OP else SKIP
     if reason == "training-mode":
         return FUSE if _fusable_statistics(finding) else SKIP
     return SKIP if finding.form == "FusedBatchNormV3" else FUSE  # already the fused form
+
+
+def _fits(finding: Finding, dtype: int) -> bool:
+    """Do the scale and offset of an unfolded arithmetic batch norm fit x's dtype?"""
+    params, np_dtype = finding.params(), tensors.numpy_dtype(dtype)
+    if params is None or np_dtype is None or not np.issubdtype(np_dtype, np.floating):
+        return True  # nothing to scale: the other rules decide
+    return all(np.abs(v).max(initial=0) <= np.finfo(np_dtype).max for v in params.scale_offset())
 
 
 def _fused_needed(finding: Finding, reason: str) -> bool:
@@ -224,7 +236,8 @@ def _fusable_statistics(finding: Finding) -> bool:
     rank = len(finding.axes) + 1
     return (finding.statistics in ("moments", "sufficient_statistics")
             and finding.axes == tuple(range(rank - 1)) and 2 <= rank <= 5 and finding.channel_axis == -1
-            and finding.vector("gamma") is not None and finding.vector("beta") is not None)
+            and finding.vector("gamma") is not None and finding.vector("beta") is not None
+            and _non_finite_count(finding) == 0)
 
 
 def decide(index: GraphIndex, finding: Finding, mode: str = "fold",
