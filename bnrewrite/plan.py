@@ -91,8 +91,9 @@ def _non_finite_count(finding: Finding) -> int:
 
 
 def _degenerate(c: _Context) -> str | None:
-    """variance + epsilon <= 0 makes whole channels NaN; a fused op over the very same
-    tensors does the same, anything folded or rearranged need not."""
+    """variance + epsilon <= 0 makes whole channels NaN, and where that NaN ends up after a
+    following Relu depends on which op produced it (TensorFlow fuses FusedBatchNormV3 with
+    Relu; fuzzer case): such a batch norm is left exactly as it is."""
     params = c.finding.params()
     if params is None or not (params.variance + params.epsilon <= 0).any():
         return None
@@ -212,7 +213,7 @@ def _action_when_refused(index: GraphIndex, finding: Finding, reason: str) -> st
         return SKIP  # x * scale + offset would overflow x's dtype
     if reason in ("learning-phase-cond", "side-output-used", "not-constant", "non-finite-parameters",
                   "degenerate-parameters"):
-        return FUSE if reason == "degenerate-parameters" and finding.form in SINGLE_OP else SKIP
+        return SKIP
     if reason == "training-mode":
         return FUSE if _fusable_statistics(finding) else SKIP
     return SKIP if finding.form == "FusedBatchNormV3" else FUSE  # already the fused form

@@ -14,7 +14,7 @@ CASES = {
     "pose_hourglass_frozen.pb": ({"FusedBatchNorm": 65}, 0, {"fold": 65}),
     "tfpose_mnv2_small_opt.pb": ({"FusedBatchNorm": 99}, 39, {"fold": 60, "skip": 39}),
     "sbd_model_v3.pb": ({"FusedBatchNormV3": 10}, 0, {"skip": 10}),
-    "tf_graphconstructor_test_bnwgn.pbtxt": ({"BatchNormWithGlobalNormalization": 1}, 0, {"fuse": 1}),
+    "tf_graphconstructor_test_bnwgn.pbtxt": ({"BatchNormWithGlobalNormalization": 1}, 0, {"skip": 1}),
     "dl4j_fbn_v3_fp16.pb": ({"FusedBatchNormV3": 1}, 1, {"skip": 1}),
     "dl4j_bn_nhwc_nofused.pb": ({"batch_normalization": 1}, 0, {"fuse": 1}),
 }
@@ -47,7 +47,7 @@ def test_bnwgn_scale_after_normalization_false_ignores_gamma(realgraphs):
     (bn,) = report.batch_norms
     assert bn.gamma == [1.0] * 32
     assert bn.channels == 32 and bn.epsilon == pytest.approx(0.001)
-    assert (bn.action, bn.reason) == ("fuse", "degenerate-parameters")  # negative variances
+    assert (bn.action, bn.reason) == ("skip", "degenerate-parameters")  # negative variances
 
 
 def test_decomposed_parameters_read_from_real_graph(realgraphs):

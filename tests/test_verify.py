@@ -74,11 +74,25 @@ def test_legacy_op_with_a_modern_producer_still_verifies():
 
 
 def test_nan_producing_legacy_graph_verifies(realgraphs):
-    graph = bnrewrite.load_graph(realgraphs / "tf_graphconstructor_test_bnwgn.pbtxt")
-    rewritten, _ = bnrewrite.rewrite(graph)
+    """The real BNWGN test graph has negative variances: NaN channels. The rewrite leaves
+    it alone (degenerate-parameters); a hand-made FusedBatchNormV3 over the same tensors
+    puts NaN at the same places, and the verifier must call that equal."""
+    from bnrewrite import nodes
     from bnrewrite.verify import run
-    assert np.isnan(run(graph, {}, ["batchnorm"])[0]).any()
+    graph = bnrewrite.load_graph(realgraphs / "tf_graphconstructor_test_bnwgn.pbtxt")
+    rewritten, report = bnrewrite.rewrite(graph)
+    assert report.batch_norms[0].reason == "degenerate-parameters"
     assert bnrewrite.verify(graph, rewritten).passed
+    fused = type(graph)()
+    fused.CopyFrom(graph)
+    old = fused.node[-1]  # batchnorm(t=zeros, m,v,beta,gamma = m_v_beta_gamma); gamma ignored
+    fused.node.append(nodes.const("ones", np.ones(32, np.float32)))
+    replacement = nodes.fused_batch_norm_v3("batchnorm", [old.input[0], "ones", old.input[3], old.input[1],
+                                                          old.input[2]], 1, 0.001, "NHWC", training=False)
+    del fused.node[2]
+    fused.node.append(replacement)
+    assert np.isnan(run(graph, {}, ["batchnorm"])[0]).any()
+    assert bnrewrite.verify(graph, fused).passed
 
 
 def test_audit_and_unverified_rewrite_never_import_tensorflow(tmp_path):
