@@ -140,12 +140,25 @@ def _batch_statistics(index: GraphIndex, found: Match):
         if not isinstance(mean, Match):
             continue
         variance = match(stats.variance, index, found.tensors["variance"], mean.tensors)
-        if not isinstance(variance, Match):
+        if not isinstance(variance, Match) or not _plausible_count(mean.values):
             continue
         axes = tuple(sorted(int(a) for a in np.asarray(mean.values["axes"]).reshape(-1)))
         return (stats.name, axes, mean.nodes | variance.nodes,
                 mean.param_nodes | variance.param_nodes)
     return None
+
+
+def _plausible_count(values: Mapping[str, np.ndarray | None]) -> bool:
+    """TF 1.0 moments divide by a constant element count: one that is not a positive
+    whole number is not the batch's, so these are not the batch's statistics."""
+    counts, divisor = values.get("counts"), values.get("divisor")
+    if counts is not None:
+        counts = np.asarray(counts, np.float64)
+        return bool(np.all(np.isfinite(counts) & (counts >= 1) & (counts == np.round(counts))))
+    if divisor is not None:
+        divisor = np.asarray(divisor, np.float64)
+        return bool(np.all(np.isfinite(divisor) & (divisor > 0) & (divisor <= 1)))
+    return True
 
 
 def _without_overlaps(index: GraphIndex, found: list[Finding]) -> list[Finding]:
