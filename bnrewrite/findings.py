@@ -149,16 +149,17 @@ def _batch_statistics(index: GraphIndex, found: Match):
 
 
 def _plausible_count(values: Mapping[str, np.ndarray | None]) -> bool:
-    """TF 1.0 moments divide by a constant element count: one that is not a positive
-    whole number is not the batch's, so these are not the batch's statistics."""
+    """TF 1.0 moments divide by a constant element count: one that is not a whole number
+    between 1 and 2^31 (TensorFlow's element limit) is not the batch's, so these are not
+    the batch's statistics. (A plausible but wrong count is left for verification.)"""
     counts, divisor = values.get("counts"), values.get("divisor")
-    if counts is not None:
-        counts = np.asarray(counts, np.float64)
-        return bool(np.all(np.isfinite(counts) & (counts >= 1) & (counts == np.round(counts))))
-    if divisor is not None:
-        divisor = np.asarray(divisor, np.float64)
-        return bool(np.all(np.isfinite(divisor) & (divisor > 0) & (divisor <= 1)))
-    return True
+    if counts is None and divisor is not None:
+        counts = 1 / np.asarray(divisor, np.float64)
+    if counts is None:
+        return True
+    counts = np.asarray(counts, np.float64)
+    return bool(np.all(np.isfinite(counts) & (counts >= 1) & (counts <= 2**31)
+                       & (np.abs(counts - np.round(counts)) <= 1e-6 * counts + 1e-3)))
 
 
 def _without_overlaps(index: GraphIndex, found: list[Finding]) -> list[Finding]:
