@@ -79,7 +79,7 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
         protected = protected | {finding.output}
         if decision.action == FOLD:
             _fold(editor, decision)
-            candidates |= {decision.host.bias_node or decision.host.output} | decision.host.param_nodes
+            candidates |= ({decision.host.bias_node} - {None}) | decision.host.param_nodes
         elif finding.training:
             _fuse_training(editor, finding)
         elif finding.form in SINGLE_OP:
@@ -111,12 +111,6 @@ def _fold(ed: _Editor, decision: Decision) -> None:
     ed.replace(finding, nodes.bias_add(finding.output, host.output, bias_name, dtype, layout))
 
 
-def _vectors(finding: Finding) -> tuple[np.ndarray, np.ndarray]:
-    gamma = finding.vector("gamma")
-    beta = finding.vector("beta")
-    return gamma.astype(np.float32), beta.astype(np.float32)
-
-
 def _fuse_op(ed: _Editor, finding: Finding) -> None:
     """FusedBatchNorm/V2 or BatchNormWithGlobalNormalization -> FusedBatchNormV3, same tensors."""
     gamma = finding.inputs.get("gamma") or ed.const(
@@ -144,7 +138,7 @@ def _scale_and_shift(ed: _Editor, finding: Finding) -> None:
 def _fuse_training(ed: _Editor, finding: Finding) -> None:
     """Batch statistics over all axes but the last: one FusedBatchNormV3(is_training=true),
     through a [1, -1, 1, C] reshape when x is not 4-D (the statistics are unchanged)."""
-    gamma, beta = _vectors(finding)
+    gamma, beta = (finding.vector(role).astype(np.float32) for role in ("gamma", "beta"))
     out = finding.output
     dtype = _dtype(ed.index, out)
     empty = ed.const(f"{out}/bn_empty", np.zeros(0, np.float32), out)
