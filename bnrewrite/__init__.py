@@ -36,13 +36,16 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def audit(graph_def: Any, path: str | None = None) -> AuditReport:
+def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = ()) -> AuditReport:
     """Every batch norm in `graph_def`, its form and parameters, and what the rewrite
-    will do with it and why. `path` only labels the report and error messages."""
+    (given the same `outputs`) will do with it and why. `path` only labels the report
+    and error messages."""
     with _boundary(path):
         graph = graphio.to_internal(graph_def)
-        index = validate.check(graph, path)
-        return AuditReport(_info(graph, index, path), [entry(decision) for decision in make_plan(index)])
+        index = validate.check(graph, path, outputs)
+        info = _info(graph, index, path)
+        decisions = make_plan(index, "fold", _fetched(info, outputs))
+        return AuditReport(info, [entry(decision) for decision in decisions])
 
 
 def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
@@ -62,8 +65,8 @@ def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str 
     index = validate.check(graph, path, outputs)
     info = _info(graph, index, path)
     ops_before = Counter(node.op for node in graph.node)
-    protected = set(info.outputs) | {names.node_of(output) for output in outputs}
-    decisions = make_plan(index, mode, frozenset(protected))
+    protected = _fetched(info, outputs)
+    decisions = make_plan(index, mode, protected)
     result = _rewrite.apply(graph, index, decisions, protected)
     problems = validate.problems(GraphIndex(result), outputs)
     if problems:
@@ -100,6 +103,11 @@ def _boundary(path: str | None) -> Iterator[None]:
         if error.path or not path:
             raise
         raise type(error)(error.problem, path) from None
+
+
+def _fetched(info: GraphInfo, outputs: Sequence[str]) -> frozenset[str]:
+    """Nodes whose values callers read: the graph's outputs and any they name."""
+    return frozenset(info.outputs) | {names.node_of(output) for output in outputs}
 
 
 def _info(graph: Any, index: GraphIndex, path: str | None) -> GraphInfo:

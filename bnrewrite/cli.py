@@ -118,7 +118,7 @@ def _audit(args: argparse.Namespace) -> int:
             if isinstance(path, GraphLoadError):
                 raise path
             graph = load_graph(path)
-            report = audit(graph, str(path))
+            report = audit(graph, str(path), args.outputs)
             if args.probe:
                 _progress(args, f"probing {path} in TensorFlow")
                 report.probe = [asdict(p) for p in probe(graph, _options(args))]

@@ -72,6 +72,8 @@ def test_fetched_host_output_is_not_folded(builder):
     assert report.batch_norms[0].action == "fold"
     rewritten, report = bnrewrite.rewrite(builder.graph, outputs=["out", "conv_a"])
     assert (report.batch_norms[0].action, report.batch_norms[0].reason) == ("fuse", "host-has-other-consumers")
+    (audited,) = bnrewrite.audit(builder.graph, outputs=["out", "conv_a"]).batch_norms
+    assert (audited.action, audited.reason) == ("fuse", "host-has-other-consumers")
     same_outputs(builder.graph, rewritten, ["out", "conv_a"])
 
 
