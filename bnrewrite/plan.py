@@ -208,6 +208,8 @@ def _action_when_refused(index: GraphIndex, finding: Finding, reason: str) -> st
     dtype = index.attr(finding.output, "T", kind=int)
     if dtype is None or (_fused_needed(finding, reason) and dtype not in FUSED_DTYPES):
         return SKIP  # FusedBatchNormV3 computes half, bfloat16 or float32 only
+    if finding.form == "BatchNormWithGlobalNormalization" and dtype != types_pb2.DT_FLOAT:
+        return SKIP  # its parameters share x's type; FusedBatchNormV3 wants them in float32
     if reason == "not-constant" and finding.form in SINGLE_OP and (
             "gamma" in finding.inputs or finding.channels is not None):
         return FUSE  # FusedBatchNormV3 takes the same tensors (and ones for an ignored gamma)
