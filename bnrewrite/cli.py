@@ -138,11 +138,7 @@ def _rewrite(args: argparse.Namespace) -> int:
     graph = load_graph(source)
     options = None if args.no_verify else _options(args)
     _progress(args, "rewriting" + ("" if args.no_verify else " and verifying in TensorFlow"))
-    try:
-        new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options)
-    except BnRewriteError as error:
-        _complain(error)
-        return exit_code(error)
+    new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options)
     save_graph(new_graph, target)
     _print(args, report.to_dict(), report.to_text() + f"\n  wrote {target}")
     return EXIT_OK

@@ -7,7 +7,6 @@ norm there may be a constant bias (BiasAdd, Add, AddV2), which folds into the ne
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -66,6 +65,7 @@ class HostMatch:
     output: str  # the node giving the linear result: the host, or the BatchToSpaceND after it
     bias_node: str | None
     weights: np.ndarray | None  # None: not constant
+    weight_axes: tuple[int, ...]  # the weight axes that make an output channel (see Host)
     bias: np.ndarray | None
     bias_axis: int | None  # negative output axis the bias is added along; None: no bias or scalar
     channels: int | None
@@ -80,6 +80,7 @@ def find_host(index: GraphIndex, tensor: str) -> HostMatch | None:
         return None
     node = index.nodes[names.node_of(found.tensors["host"])]
     spec = HOSTS[node.op]
+    axes = _weight_axes(spec, index, node.name)
     chain = tuple(names.node_of(found.tensors[key]) for key in ("host", "atrous", "bias_add") if key in found.tensors)
     bias_node = chain[-1] if "bias_add" in found.tensors else None
     weights = found.values.get("weights")
@@ -91,26 +92,24 @@ def find_host(index: GraphIndex, tensor: str) -> HostMatch | None:
         output=chain[-2] if bias_node else chain[-1],
         bias_node=bias_node,
         weights=weights,
+        weight_axes=axes,
         bias=bias,
         bias_axis=_bias_axis(index, found, bias),
-        channels=_channels(spec, index, node.name, weights),
+        channels=_channels(weights, axes),
         param_nodes=found.param_nodes,
         channel_axis=layout_channel_axis(index.attr(node.name, spec.layout_attr, kind=str)
                                          if spec.layout_attr else None),
     )
 
 
-def channel_axes(spec: Host, index: GraphIndex, name: str) -> tuple[int, ...]:
+def _weight_axes(spec: Host, index: GraphIndex, name: str) -> tuple[int, ...]:
     if spec.transposed_by and index.attr(name, spec.transposed_by, False, bool):
         return (0,)
     return spec.channel_axes
 
 
-def _channels(spec: Host, index: GraphIndex, name: str, weights: Any) -> int | None:
-    if weights is None:
-        return None
-    axes = channel_axes(spec, index, name)
-    if max(axes) >= weights.ndim:
+def _channels(weights: np.ndarray | None, axes: tuple[int, ...]) -> int | None:
+    if weights is None or max(axes) >= weights.ndim:
         return None
     return int(np.prod([weights.shape[a] for a in axes]))
 

@@ -15,7 +15,7 @@ from tensorboard.compat.proto import types_pb2
 from . import names, tensors
 from .findings import Finding, find_batch_norms
 from .fold_math import as_channel_vector, folded_bias, folded_weights
-from .hosts import HOSTS, HostMatch, channel_axes, find_host
+from .hosts import HOSTS, HostMatch, find_host
 from .index import GraphIndex
 
 FOLD, FUSE, SKIP = "fold", "fuse", "skip"
@@ -151,7 +151,7 @@ def _precision(c: _Context) -> str | None:
         return None
     scale, offset = params.scale_offset()
     info = np.finfo(weights.dtype)
-    axes = channel_axes(HOSTS[c.host.op], c.index, c.host.node)
+    axes = c.host.weight_axes
     folded = np.abs(folded_weights(weights, scale, axes))
     bias = np.abs(folded_bias(c.host.bias, scale, offset))
     gain = folded.sum(axis=tuple(a for a in range(weights.ndim) if a not in axes)).max(initial=0)
@@ -197,7 +197,7 @@ CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
     ("host-has-other-consumers", _other_consumers),
     ("fold-precision", _precision),
 )
-_FUSE_MODE = ("fuse-mode", _when(lambda c: True, "weights are left alone"))
+FUSE_MODE = ("fuse-mode", _when(lambda c: True, "weights are left alone"))
 
 
 def _action_when_refused(index: GraphIndex, finding: Finding, reason: str) -> str:
@@ -249,7 +249,7 @@ def decide(index: GraphIndex, finding: Finding, mode: str = "fold",
            fetched: frozenset[str] = frozenset()) -> Decision:
     host = find_host(index, finding.x)
     context = _Context(finding, host, index, fetched)
-    for reason, check in CHECKS + ((_FUSE_MODE,) if mode == "fuse" else ()):
+    for reason, check in CHECKS + ((FUSE_MODE,) if mode == "fuse" else ()):
         detail = check(context)
         if detail:
             return Decision(finding, _action_when_refused(index, finding, reason), reason, detail, host)

@@ -16,7 +16,7 @@ from . import names, nodes, tensors
 from .errors import InvalidGraphError
 from .findings import Finding
 from .fold_math import folded_bias, folded_weights
-from .hosts import HOSTS, channel_axes
+from .hosts import HOSTS
 from .index import GraphIndex
 from .plan import FOLD, FUSE, SINGLE_OP, Decision
 
@@ -99,13 +99,11 @@ def _dtype(index: GraphIndex, node: str) -> int:
 def _fold(ed: _Editor, decision: Decision) -> None:
     finding, host = decision.finding, decision.host
     scale, offset = finding.params(host.channels).scale_offset()
-    spec = HOSTS[host.op]
-    folded = folded_weights(host.weights, scale, channel_axes(spec, ed.index, host.node))
-    folded = folded.astype(host.weights.dtype)
+    folded = folded_weights(host.weights, scale, host.weight_axes).astype(host.weights.dtype)
     bias = folded_bias(host.bias, scale, offset)
     dtype = _dtype(ed.index, host.node)
     host_node = ed.by_name[host.node]
-    host_node.input[spec.weights_input] = ed.const(f"{host.node}/bn_folded/weights", folded, host.node)
+    host_node.input[HOSTS[host.op].weights_input] = ed.const(f"{host.node}/bn_folded/weights", folded, host.node)
     bias_name = ed.const(f"{host.node}/bn_folded/bias", bias.astype(tensors.numpy_dtype(dtype)), finding.output)
     layout = "NHWC" if host.channel_axis == -1 else "NCHW"
     ed.replace(finding, nodes.bias_add(finding.output, host.output, bias_name, dtype, layout))
