@@ -67,3 +67,15 @@ def test_statistics_found_without_stop_gradient(name):
     graph.node.extend(kept)
     found = [(e.output, e.training, e.statistics) for e in bnrewrite.audit(graph).batch_norms]
     assert found == [(bn["output"], bn["training"], bn["statistics"]) for bn in expected(name)["batch_norms"]]
+
+
+def test_every_reason_is_declared_and_documented():
+    """The reasons are a promise of the JSON: each one the plan can give is declared in
+    plan.REASONS and explained in the README's table, and nothing else is."""
+    from bnrewrite import plan
+    from conftest import ROOT
+    given = {reason for reason, _ in plan.CHECKS} | {plan.FUSE_MODE[0]}
+    assert given == set(plan.REASONS)
+    readme = (ROOT / "README.md").read_text()
+    documented = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `")}
+    assert set(plan.REASONS) <= documented

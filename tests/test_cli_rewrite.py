@@ -104,9 +104,13 @@ def test_wav_fed_as_bytes_and_shape_override(tmp_path, capsys, realgraphs):
     assert code == 0, err
     report = json.loads(stdout)
     assert report["summary"]["fold"] == 3 and report["verification"]["outputs"][0]["passed"]
-    code, _, err = run(capsys, "verify", realgraphs / "tfpose_mnv2_small_opt.pb",
-                       realgraphs / "tfpose_mnv2_small_opt.pb", "--input-shape", "image=1,64,80,3")
+    code, _, err = run(capsys, "rewrite", realgraphs / "tfpose_mnv2_small_opt.pb", "-o",
+                       tmp_path / "t.pb", "--no-verify")
     assert code == 0, err
+    code, out, err = run(capsys, "verify", realgraphs / "tfpose_mnv2_small_opt.pb", tmp_path / "t.pb",
+                         "--input-shape", "image=1,64,80,3", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["inputs"] == {"image": [1, 64, 80, 3]}
 
 
 def test_no_verify_says_so_and_needs_no_tensorflow_run(tmp_path, capsys):

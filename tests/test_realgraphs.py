@@ -38,7 +38,6 @@ def test_hosts_found_in_kws_ds_cnn(realgraphs):
     report = bnrewrite.audit(bnrewrite.load_graph(realgraphs / "kws_ds_cnn_s.pb"))
     hosts = Counter(e.host for e in report.batch_norms)
     assert hosts == {"Conv2D": 5, "DepthwiseConv2dNative": 4}
-    # Every host has a BiasAdd between it and the batch norm: its bias must fold too.
     assert report.graph.inputs == ["wav_data"] and report.graph.outputs == ["labels_softmax"]
 
 
