@@ -21,9 +21,6 @@ class Match:
     nodes: frozenset[str]  # the ops the pattern spans, pass-through ops included
     param_nodes: frozenset[str] = field(default=frozenset())  # Const chains feeding it
 
-    def __bool__(self) -> bool:
-        return True
-
 
 @dataclass(frozen=True)
 class NoMatch:

@@ -7,7 +7,7 @@ the same positions and infinities must be equal.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -72,29 +72,27 @@ class Options:
     seed: int = 0
 
 
-def make_feeds(graph_def: Any, inputs: Sequence[str] = (), batch: int = DEFAULT_BATCH,
-               shapes: Mapping[str, Sequence[int]] | None = None,
-               values: Mapping[str, Any] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs for every placeholder: random normal floats, small ints;
-    unknown dimensions become `batch`. Bools and strings must come from `values`."""
+def make_feeds(graph_def: Any, options: Options = Options()) -> dict[str, np.ndarray]:
+    """Seeded inputs for every placeholder: random normal floats, small ints; unknown
+    dimensions become `options.batch`. Bools and strings must come from `options.values`."""
     index = GraphIndex(graphio.to_internal(graph_def))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(options.seed)
     feeds: dict[str, np.ndarray] = {}
-    wanted = list(inputs) or [n for n in index.inferred_inputs() if index.nodes[n].op != "PlaceholderWithDefault"]
+    wanted = list(options.inputs) or [n for n in index.inferred_inputs() if index.nodes[n].op != "PlaceholderWithDefault"]
     for name in wanted:
         node = index.node(name)
         if node is None:
             raise CannotVerifyError(f"input '{name}' is not in the graph")
-        if values and name in values:
-            feeds[name] = np.asarray(values[name])
+        if name in options.values:
+            feeds[name] = np.asarray(options.values[name])
             continue
         dtype = tensors.numpy_dtype(node.attr["dtype"].type)
-        shape = (shapes or {}).get(name)
+        shape = options.shapes.get(name)
         if shape is None:
             dims = tensors.shape_of(node.attr["shape"].shape) if "shape" in node.attr else None
             if dims is None:
                 raise CannotVerifyError(f"input '{name}' has no known rank: give it --input-shape {name}=...")
-            shape = [d if d >= 0 else batch for d in dims]
+            shape = [d if d >= 0 else options.batch for d in dims]
         if np.prod(shape, dtype=np.float64) > MAX_FEED_ELEMENTS or min(shape, default=0) < 0:
             raise CannotVerifyError(f"input '{name}' would have shape {list(shape)}: "
                                     f"pass --input-shape {name}=...")
@@ -170,8 +168,7 @@ def verify(original: Any, rewritten: Any, options: Options = Options(),
     index = GraphIndex(graphio.to_internal(original))
     fetches = list(options.outputs) or index.inferred_outputs()
     if feeds is None:
-        feeds = make_feeds(original, options.inputs, options.batch, options.shapes, options.values,
-                           options.seed)
+        feeds = make_feeds(original, options)
     expected = run(original, feeds, fetches)
     actual = run(rewritten, feeds, fetches)
     result = Verification({k: list(np.shape(v)) for k, v in feeds.items()},
@@ -203,8 +200,7 @@ def probe(graph_def: Any, options: Options = Options()) -> list[Probe]:
     a sample's result depend on the rest of its batch."""
     index = GraphIndex(graphio.to_internal(graph_def))
     fetches = list(options.outputs) or index.inferred_outputs()
-    feeds = make_feeds(graph_def, options.inputs, max(options.batch, 2), options.shapes, options.values,
-                       options.seed)
+    feeds = make_feeds(graph_def, replace(options, batch=max(options.batch, 2)))
     sizes = {v.shape[0] for v in feeds.values() if np.ndim(v)}
     if not feeds or len(sizes) != 1 or min(sizes) < 2:
         raise CannotVerifyError("probing needs inputs that share a batch dimension of 2 or more "

@@ -65,7 +65,7 @@ def test_training_mode_batch_norms_keep_batch_statistics(realgraphs):
     kept = {e.output for e in report.batch_norms if e.training}
     assert len(kept) == 39
     assert kept <= {n.name for n in rewritten.node if n.op == "FusedBatchNorm" and n.attr["is_training"].b}
-    feeds = make_feeds(original, shapes={"image": [2, 96, 96, 3]}, seed=3)
+    feeds = make_feeds(original, Options(shapes={"image": [2, 96, 96, 3]}, seed=3))
     batch = run(rewritten, feeds, ["Openpose/concat_stage7"])[0]
     alone = run(rewritten, {"image": feeds["image"][:1]}, ["Openpose/concat_stage7"])[0]
     assert np.abs(batch[:1] - alone).max() > 1e-3  # batch statistics really are in use

@@ -45,11 +45,11 @@ def test_shape_and_exact_types():
 
 def test_feeds_are_seeded_and_shaped():
     graph = bnrewrite.load_graph(fixture_path("fbn_v1_conv_nhwc"))
-    a, b = make_feeds(graph, seed=1), make_feeds(graph, seed=1)
+    a, b = make_feeds(graph, Options(seed=1)), make_feeds(graph, Options(seed=1))
     assert a["x"].shape[0] == 2 and a["x"].dtype == np.float32
     np.testing.assert_array_equal(a["x"], b["x"])
-    assert make_feeds(graph, batch=5)["x"].shape[0] == 5
-    assert make_feeds(graph, shapes={"x": [1, 7, 5, 3]})["x"].shape == (1, 7, 5, 3)
+    assert make_feeds(graph, Options(batch=5))["x"].shape[0] == 5
+    assert make_feeds(graph, Options(shapes={"x": [1, 7, 5, 3]}))["x"].shape == (1, 7, 5, 3)
 
 
 def test_identical_graphs_verify_and_a_changed_constant_does_not():
