@@ -48,6 +48,7 @@ class Decision:
     detail: str  # a sentence for people: what exactly blocked it, or what will happen
     host: HostMatch | None
     shared_weights: bool = False  # the rewrite must clone the weights before scaling them
+    fuse_as: str | None = None  # with action fuse: which replacement the rewrite builds (FUSED_AS)
 
 
 @dataclass(frozen=True)
@@ -200,47 +201,54 @@ CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
 FUSE_MODE = ("fuse-mode", _when(lambda c: True, "weights are left alone"))
 
 
-def _action_when_refused(index: GraphIndex, finding: Finding, reason: str) -> str:
-    if finding.problem or finding.epsilon is None:
-        return SKIP  # parameters that are not per-channel vectors cannot feed a fused op
-    if finding.form in SINGLE_OP and "gamma" not in finding.inputs and finding.channels is None:
-        return SKIP  # an ignored gamma becomes ones: how many is not known
-    dtype = index.attr(finding.output, "T", kind=int)
-    if dtype is None or (_fused_needed(finding, reason) and dtype not in FUSED_DTYPES):
-        return SKIP  # FusedBatchNormV3 computes half, bfloat16 or float32 only
-    if finding.form == "BatchNormWithGlobalNormalization" and dtype != types_pb2.DT_FLOAT:
-        return SKIP  # its parameters share x's type; FusedBatchNormV3 wants them in float32
-    if reason == "not-constant" and finding.form in SINGLE_OP and (
-            "gamma" in finding.inputs or finding.channels is not None):
-        return FUSE  # FusedBatchNormV3 takes the same tensors (and ones for an ignored gamma)
-    if finding.form not in SINGLE_OP and reason != "training-mode" and not _fits(finding, dtype):
-        return SKIP  # x * scale + offset would overflow x's dtype
-    if reason in ("learning-phase-cond", "side-output-used", "not-constant", "non-finite-parameters",
-                  "degenerate-parameters"):
-        return SKIP
+# Reasons after which a batch norm is left exactly as it is.
+KEEP = frozenset({"learning-phase-cond", "side-output-used", "non-finite-parameters",
+                  "degenerate-parameters"})
+# What a fused batch norm becomes, and what makes that replacement possible.
+FUSED_AS = {
+    # one FusedBatchNormV3 over the same tensors (ones for an ignored gamma)
+    "fused-op": lambda f, dtype: dtype in FUSED_DTYPES and ("gamma" in f.inputs or f.channels is not None)
+    and (f.form != "BatchNormWithGlobalNormalization" or dtype == types_pb2.DT_FLOAT),
+    # one FusedBatchNormV3(is_training=true) computing the statistics itself
+    "fused-training": lambda f, dtype: dtype in FUSED_DTYPES and _fusable_statistics(f),
+    # x * scale + offset, constant vectors on the channel axis, in x's dtype
+    "scale-shift": lambda f, dtype: _fits(f, dtype),
+}
+
+
+def _fuse_as(finding: Finding, reason: str) -> str | None:
+    """The replacement fusing would build, or None where the batch norm must stay."""
+    if reason in KEEP or finding.form == "FusedBatchNormV3":
+        return None
     if reason == "training-mode":
-        return FUSE if _fusable_statistics(finding) else SKIP
-    return SKIP if finding.form == "FusedBatchNormV3" else FUSE  # already the fused form
+        return "fused-training" if finding.statistics != "fused" else None
+    if finding.form in SINGLE_OP:
+        return "fused-op"
+    return None if reason == "not-constant" else "scale-shift"
+
+
+def _refused(index: GraphIndex, finding: Finding, reason: str, detail: str, host: HostMatch | None
+             ) -> Decision:
+    kind = _fuse_as(finding, reason)
+    dtype = index.attr(finding.output, "T", kind=int)
+    if kind is None or finding.problem or finding.epsilon is None or dtype is None \
+            or not FUSED_AS[kind](finding, dtype):
+        return Decision(finding, SKIP, reason, detail, host)
+    return Decision(finding, FUSE, reason, detail, host, fuse_as=kind)
 
 
 def _fits(finding: Finding, dtype: int) -> bool:
     """Do the scale and offset of an unfolded arithmetic batch norm fit x's dtype?"""
     params, np_dtype = finding.params(), tensors.numpy_dtype(dtype)
     if params is None or np_dtype is None or not np.issubdtype(np_dtype, np.floating):
-        return True  # nothing to scale: the other rules decide
+        return params is not None
     return all(np.abs(v).max(initial=0) <= np.finfo(np_dtype).max for v in params.scale_offset())
-
-
-def _fused_needed(finding: Finding, reason: str) -> bool:
-    """Will fusing produce a FusedBatchNormV3 (rather than a dtype-agnostic Mul and Add)?"""
-    return finding.form in SINGLE_OP or reason == "training-mode"
 
 
 def _fusable_statistics(finding: Finding) -> bool:
     """Batch statistics over every axis but the last one: FusedBatchNormV3 training."""
     rank = len(finding.axes) + 1
-    return (finding.statistics in ("moments", "sufficient_statistics")
-            and finding.axes == tuple(range(rank - 1)) and 2 <= rank <= 5 and finding.channel_axis == -1
+    return (finding.axes == tuple(range(rank - 1)) and 2 <= rank <= 5 and finding.channel_axis == -1
             and finding.vector("gamma") is not None and finding.vector("beta") is not None
             and _non_finite_count(finding) == 0)
 
@@ -252,7 +260,7 @@ def decide(index: GraphIndex, finding: Finding, mode: str = "fold",
     for reason, check in CHECKS + ((FUSE_MODE,) if mode == "fuse" else ()):
         detail = check(context)
         if detail:
-            return Decision(finding, _action_when_refused(index, finding, reason), reason, detail, host)
+            return _refused(index, finding, reason, detail, host)
     shared = host is not None and _weights_shared(index, host)
     return Decision(finding, FOLD, None, f"fold into {host.node}", host, shared)
 

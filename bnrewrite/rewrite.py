@@ -18,7 +18,7 @@ from .findings import Finding
 from .fold_math import folded_bias, folded_weights
 from .hosts import HOSTS
 from .index import GraphIndex
-from .plan import FOLD, FUSE, SINGLE_OP, Decision
+from .plan import FOLD, FUSE, Decision
 
 
 class _Editor:
@@ -80,12 +80,8 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
         if decision.action == FOLD:
             _fold(editor, decision)
             candidates |= ({decision.host.bias_node} - {None}) | decision.host.param_nodes
-        elif finding.training:
-            _fuse_training(editor, finding)
-        elif finding.form in SINGLE_OP:
-            _fuse_op(editor, finding)
         else:
-            _scale_and_shift(editor, finding)
+            _FUSERS[decision.fuse_as](editor, finding)
     return _prune(editor.result(), candidates - protected)
 
 
@@ -151,6 +147,10 @@ def _fuse_training(ed: _Editor, finding: Finding) -> None:
                                              finding.epsilon, "NHWC", training=True), out)
     original = ed.add(nodes.shape(ed.fresh(f"{out}/bn_shape"), finding.x, dtype), out)
     ed.replace(finding, nodes.reshape(out, fused, original, dtype))
+
+
+# plan.FUSED_AS names the replacement; these build it.
+_FUSERS = {"fused-op": _fuse_op, "fused-training": _fuse_training, "scale-shift": _scale_and_shift}
 
 
 def _colocated_with(node: Any) -> list[str]:
