@@ -31,6 +31,21 @@ def folded_weights(weights: np.ndarray, scale: np.ndarray, axes: tuple[int, ...]
     return weights.astype(np.float64) * scale.reshape(shape)
 
 
+def scaled_inputs(weights: np.ndarray, scale: np.ndarray, input_axis: int) -> np.ndarray:
+    """Forward: weights * scale in float64, scale laid along the input-channel axis."""
+    shape = [weights.shape[a] if a == input_axis else 1 for a in range(weights.ndim)]
+    return weights.astype(np.float64) * scale.reshape(shape)
+
+
+def shift_bias(weights: np.ndarray, shift: np.ndarray, input_axis: int, output_axes: tuple[int, ...]
+               ) -> np.ndarray:
+    """Forward: what a per-input-channel shift adds to each output channel of a linear op
+    that sees no padding: the sum over its kernel taps and input channels of weights * shift
+    (row-major over `output_axes`, as in folded_weights)."""
+    shifted = scaled_inputs(weights, shift, input_axis)
+    return shifted.sum(axis=tuple(a for a in range(weights.ndim) if a not in output_axes)).reshape(-1)
+
+
 def folded_bias(bias: np.ndarray | None, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """The bias after the host once the batch norm is folded: bias * scale + offset."""
     if bias is None:

@@ -1,12 +1,15 @@
 """Findings -> actions. The one place that decides what happens to each batch norm:
-`fold` into the host's weights, `fuse` into one FusedBatchNormV3, or `skip`.
+`fold` into the weights of the linear op before it (backward) or of the ones after it
+(forward), `fuse` into one FusedBatchNormV3, or `skip`.
 
-The refusal checks are data: an ordered table of (reason, test). The first test that
+The refusal checks are data: ordered tables of (reason, test). The first test that
 holds names the reason; the action for a refused batch norm follows from the reason.
+Backward folding is tried first; forward folding only where the host refused.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -14,8 +17,11 @@ from tensorboard.compat.proto import types_pb2
 
 from . import names, tensors
 from .findings import Finding, find_batch_norms
-from .fold_math import as_channel_vector, folded_bias, folded_weights
-from .hosts import HOSTS, HostMatch, find_host
+from . import folds
+from .fold_math import as_channel_vector
+from .folds import Fold
+from .forward import FORWARD_CHECKS, Forward
+from .hosts import HOSTS, HostMatch, Readers, find_consumers, find_host, weights_shared
 from .index import GraphIndex
 
 FOLD, FUSE, SKIP = "fold", "fuse", "skip"
@@ -37,18 +43,43 @@ REASONS = {
     "fold-precision": "the folded weights or bias would overflow or underflow in the weights' dtype",
     "non-finite-parameters": "a parameter or the host's weights hold NaN or infinity",
     "degenerate-parameters": "variance + epsilon is not positive in float32: NaN or Inf channels",
+    # folding forward, into the linear ops reading the batch norm
+    "padding": "a consumer sees its input's zero padding, where a nonzero shift cannot be folded",
+    "consumer-folded": "a consumer's weights already take another batch norm folded backward",
 }
+
+
+@dataclass(frozen=True)
+class Fuse:
+    kind: str  # which replacement the rewrite builds (FUSED_AS)
+
+
+@dataclass(frozen=True)
+class Skip:
+    pass
 
 
 @dataclass(frozen=True)
 class Decision:
     finding: Finding
-    action: str
+    outcome: Fold | Fuse | Skip
     reason: str | None
     detail: str  # a sentence for people: what exactly blocked it, or what will happen
     host: HostMatch | None
-    shared_weights: bool = False  # the rewrite must clone the weights before scaling them
-    fuse_as: str | None = None  # with action fuse: which replacement the rewrite builds (FUSED_AS)
+    readers: Readers | None = None  # who reads it, where folding forward was considered
+
+    @property
+    def action(self) -> str:
+        return {Fold: FOLD, Fuse: FUSE, Skip: SKIP}[type(self.outcome)]
+
+    @property
+    def direction(self) -> str | None:
+        return self.outcome.direction if isinstance(self.outcome, Fold) else None
+
+    @property
+    def shared_weights(self) -> bool:
+        """The old weights are read elsewhere, so the rewrite clones them."""
+        return isinstance(self.outcome, Fold) and any(edit.shared for edit in self.outcome.edits)
 
 
 @dataclass(frozen=True)
@@ -57,6 +88,12 @@ class _Context:
     host: HostMatch | None
     index: GraphIndex
     fetched: frozenset[str]  # nodes the caller fetches: their values must not change
+
+    @cached_property
+    def fold(self) -> Fold | str:
+        """The arrays (or why the dtype cannot hold them), once every other check passed."""
+        return folds.backward(self.finding, self.host, weights_shared(
+            self.index, self.host.node, HOSTS[self.host.op].weights_input))
 
 
 def _side_outputs(c: _Context) -> str | None:
@@ -107,6 +144,8 @@ def _mismatch(c: _Context) -> str | None:
     f, h = c.finding, c.host
     if h is None or h.weights is None:
         return None
+    if h.channels is None:
+        return f"the weights of {h.node} have no output-channel axis"
     if not f.uniform and (h.channel_axis != f.channel_axis or h.channels != f.channels):
         return (f"{h.node} gives {h.channels} channels on axis {h.channel_axis}, the batch norm "
                 f"normalises {f.channels} on axis {f.channel_axis}")
@@ -138,32 +177,8 @@ def _other_consumers(c: _Context) -> str | None:
     return None
 
 
-# A folded output channel fed inputs of this magnitude must stay inside the dtype.
-INPUT_HEADROOM = 64.0
-
-
 def _precision(c: _Context) -> str | None:
-    """Folding multiplies weights by gamma / sqrt(var + eps): with a tiny variance in fp16
-    the weights, the bias or the conv's own output can leave the dtype's range (the fused
-    op computes the batch norm in float32), or weights can sink below its smallest normal."""
-    params = c.finding.params(c.host.channels)
-    weights = c.host.weights
-    if params is None or not np.issubdtype(weights.dtype, np.floating):
-        return None
-    scale, offset = params.scale_offset()
-    info = np.finfo(weights.dtype)
-    axes = c.host.weight_axes
-    folded = np.abs(folded_weights(weights, scale, axes))
-    bias = np.abs(folded_bias(c.host.bias, scale, offset))
-    gain = folded.sum(axis=tuple(a for a in range(weights.ndim) if a not in axes)).max(initial=0)
-    worst = gain * INPUT_HEADROOM + bias.max(initial=0)
-    if not np.isfinite(worst) or worst > info.max:
-        return (f"a folded output channel reaches {worst:.3g} for inputs of {INPUT_HEADROOM:g}, "
-                f"over the {info.max:.3g} its dtype holds")
-    lost = (folded < info.tiny) & (np.abs(weights) >= info.tiny)  # newly subnormal or zero
-    if lost.any():
-        return f"{int(lost.sum())} folded weights fall below {info.tiny:.3g}"
-    return None
+    return c.fold if isinstance(c.fold, str) else None
 
 
 def _reading_x(c: _Context) -> set[str]:
@@ -183,8 +198,8 @@ def _when(test: Callable[[_Context], bool], detail: str) -> Callable[[_Context],
     return lambda c: detail if test(c) else None
 
 
-# Ordered: the first that applies is the reason reported.
-CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
+# Ordered: the first that applies is the reason reported. The batch norm's own checks...
+PARAM_CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
     ("learning-phase-cond", _when(lambda c: bool(c.finding.branches), "training and inference branches")),
     ("training-mode", _when(lambda c: c.finding.training, "batch statistics")),
     ("side-output-used", _side_outputs),
@@ -192,12 +207,16 @@ CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
     ("not-constant", _not_constant),
     ("non-finite-parameters", _non_finite),
     ("degenerate-parameters", _degenerate),
+)
+# ...then the host's, folding backward; where one refuses, folding forward is tried.
+HOST_CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
     ("no-linear-host", _when(lambda c: c.host is None, "input is not produced by a foldable op")),
     ("not-constant", _host_weights),
     ("channel-mismatch", _mismatch),
     ("host-has-other-consumers", _other_consumers),
     ("fold-precision", _precision),
 )
+CHECKS = PARAM_CHECKS + HOST_CHECKS
 FUSE_MODE = ("fuse-mode", _when(lambda c: True, "weights are left alone"))
 
 
@@ -227,14 +246,14 @@ def _fuse_as(finding: Finding, reason: str) -> str | None:
     return None if reason == "not-constant" else "scale-shift"
 
 
-def _refused(index: GraphIndex, finding: Finding, reason: str, detail: str, host: HostMatch | None
-             ) -> Decision:
+def _refused(index: GraphIndex, finding: Finding, reason: str, detail: str, host: HostMatch | None,
+             readers: Readers | None = None) -> Decision:
     kind = _fuse_as(finding, reason)
     dtype = index.attr(finding.output, "T", kind=int)
     if kind is None or finding.problem or finding.epsilon is None or dtype is None \
             or not FUSED_AS[kind](finding, dtype):
-        return Decision(finding, SKIP, reason, detail, host)
-    return Decision(finding, FUSE, reason, detail, host, fuse_as=kind)
+        return Decision(finding, Skip(), reason, detail, host, readers)
+    return Decision(finding, Fuse(kind), reason, detail, host, readers)
 
 
 def _fits(finding: Finding, dtype: int) -> bool:
@@ -253,30 +272,44 @@ def _fusable_statistics(finding: Finding) -> bool:
             and _non_finite_count(finding) == 0)
 
 
-def decide(index: GraphIndex, finding: Finding, mode: str = "fold",
-           fetched: frozenset[str] = frozenset()) -> Decision:
-    host = find_host(index, finding.x)
-    context = _Context(finding, host, index, fetched)
-    for reason, check in CHECKS + ((FUSE_MODE,) if mode == "fuse" else ()):
+def _first(checks, context) -> tuple[str, str] | None:
+    for reason, check in checks:
         detail = check(context)
         if detail:
-            return _refused(index, finding, reason, detail, host)
-    shared = host is not None and _weights_shared(index, host)
-    return Decision(finding, FOLD, None, f"fold into {host.node}", host, shared)
+            return reason, detail
+    return None
 
 
-def _weights_shared(index: GraphIndex, host: HostMatch) -> bool:
-    weights = index.data_inputs(host.node)[HOSTS[host.op].weights_input]
-    source, chain = index.skip_passthrough(weights)
-    for node in (source.split(":")[0], *chain):
-        if index.node_consumers(node) - {host.node, *chain}:
-            return True
-    return False
+def _decide(c: _Context, refusal: tuple[str, str] | None, forward_ok: bool, mode: str,
+            claimed: frozenset[str]) -> Decision:
+    """`refusal`: why it does not fold backward; `forward_ok`: that was the host's doing, so
+    folding forward may still work; `claimed`: ops whose weights take backward folds."""
+    readers, fold = None, None if refusal else c.fold
+    if refusal is not None and forward_ok:
+        readers = find_consumers(c.index, c.finding.output)
+        if readers.consumers:
+            forward = Forward(c.finding, readers, c.index, c.fetched, claimed)
+            ahead = _first(FORWARD_CHECKS, forward)
+            fold = forward.fold if ahead is None else None
+            refusal = None if ahead is None else (ahead[0], f"{refusal[1]}; folding forward: {ahead[1]}")
+    if refusal is None and mode == "fuse":
+        refusal = FUSE_MODE[0], FUSE_MODE[1](c)
+    if refusal is not None:
+        return _refused(c.index, c.finding, *refusal, c.host, readers)
+    into = ", ".join(edit.node for edit in fold.edits)
+    return Decision(c.finding, fold, None, f"fold {fold.direction} into {into}", c.host, readers)
 
 
 def make_plan(index: GraphIndex, mode: str = "fold", fetched: frozenset[str] = frozenset()
               ) -> list[Decision]:
-    """One decision per batch norm; `fetched` names nodes whose values must not change."""
+    """One decision per batch norm; `fetched` names nodes whose values must not change.
+    Backward folds are decided first: a forward fold never takes weights one of them changes."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    return [decide(index, finding, mode, fetched) for finding in find_batch_norms(index)]
+    contexts = [_Context(f, find_host(index, f.x), index, fetched) for f in find_batch_norms(index)]
+    backward = []
+    for context in contexts:
+        refusal = _first(PARAM_CHECKS, context)
+        backward.append((refusal, False) if refusal else (_first(HOST_CHECKS, context), True))
+    claimed = frozenset(c.host.node for c, (refusal, _) in zip(contexts, backward) if refusal is None)
+    return [_decide(c, *b, mode, claimed) for c, b in zip(contexts, backward)]

@@ -58,6 +58,8 @@ class BatchNormEntry:
     mean: list[float] | None
     variance: list[float] | None
     shared_weights: bool = False
+    direction: str | None = None  # with action fold: backward (into host_node) or forward
+    consumers: list[str] = field(default_factory=list)  # forward: the linear ops it folds into
     branches: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -157,6 +159,8 @@ def entry(decision: Decision) -> BatchNormEntry:
         action=decision.action, reason=decision.reason, detail=decision.detail,
         gamma=_floats(f, "gamma"), beta=_floats(f, "beta"), mean=_floats(f, "mean"),
         variance=_floats(f, "variance"), shared_weights=decision.shared_weights,
+        direction=decision.direction,
+        consumers=[c.node for c in decision.readers.consumers] if decision.readers else [],
         branches={role: {"form": b.form, "output": b.output, "statistics": b.statistics}
                   for role, b in f.branches.items()},
     )

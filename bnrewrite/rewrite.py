@@ -15,10 +15,10 @@ import numpy as np
 from . import names, nodes, tensors
 from .errors import InvalidGraphError
 from .findings import Finding
-from .fold_math import folded_bias, folded_weights
+from .folds import BACKWARD, Fold
 from .hosts import HOSTS
 from .index import GraphIndex
-from .plan import FOLD, FUSE, Decision
+from .plan import Decision, Fuse
 
 
 class _Editor:
@@ -72,16 +72,22 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
     editor = _Editor(graph, index)
     candidates: set[str] = set()
     for decision in decisions:
-        if decision.action not in (FOLD, FUSE):
-            continue
-        finding = decision.finding
-        candidates |= finding.nodes | finding.param_nodes
-        protected = protected | {finding.output}
-        if decision.action == FOLD:
+        finding, outcome = decision.finding, decision.outcome
+        if isinstance(outcome, Fuse):
+            _FUSERS[outcome.kind](editor, finding)
+        elif isinstance(outcome, Fold) and outcome.direction == BACKWARD:
             _fold(editor, decision)
             candidates |= ({decision.host.bias_node} - {None}) | decision.host.param_nodes
+        elif isinstance(outcome, Fold):
+            _fold_forward(editor, finding, outcome)
+            candidates |= set(decision.readers.chain).union(
+                *(c.param_nodes | {c.bias_node} - {None} for c in decision.readers.consumers))
         else:
-            _FUSERS[decision.fuse_as](editor, finding)
+            continue
+        candidates |= finding.nodes | finding.param_nodes
+        if not isinstance(outcome, Fold) or outcome.direction == BACKWARD:
+            protected = protected | {finding.output}  # its name now gives the same value
+
     return _prune(editor.result(), candidates - protected)
 
 
@@ -92,17 +98,44 @@ def _dtype(index: GraphIndex, node: str) -> int:
     return dtype
 
 
+def _new_weights(ed: _Editor, node: Any, weights: np.ndarray) -> None:
+    """A new constant, never the old one overwritten: other ops may share it."""
+    node.input[HOSTS[node.op].weights_input] = ed.const(f"{node.name}/bn_folded/weights", weights, node.name)
+
+
 def _fold(ed: _Editor, decision: Decision) -> None:
-    finding, host = decision.finding, decision.host
-    scale, offset = finding.params(host.channels).scale_offset()
-    folded = folded_weights(host.weights, scale, host.weight_axes).astype(host.weights.dtype)
-    bias = folded_bias(host.bias, scale, offset)
+    finding, host, (edit,) = decision.finding, decision.host, decision.outcome.edits
+    _new_weights(ed, ed.by_name[host.node], edit.weights)
     dtype = _dtype(ed.index, host.node)
-    host_node = ed.by_name[host.node]
-    host_node.input[HOSTS[host.op].weights_input] = ed.const(f"{host.node}/bn_folded/weights", folded, host.node)
-    bias_name = ed.const(f"{host.node}/bn_folded/bias", bias.astype(tensors.numpy_dtype(dtype)), finding.output)
+    bias = decision.outcome.bias.astype(tensors.numpy_dtype(dtype))
+    bias_name = ed.const(f"{host.node}/bn_folded/bias", bias, finding.output)
     layout = "NHWC" if host.channel_axis == -1 else "NCHW"
     ed.replace(finding, nodes.bias_add(finding.output, host.output, bias_name, dtype, layout))
+
+
+def _fold_forward(ed: _Editor, finding: Finding, fold: Fold) -> None:
+    """Each consumer reads the batch norm's input with scaled weights; the shift enters
+    as a bias after it (merged into its BiasAdd, or a BiasAdd taking its name)."""
+    controls = [ref for name in sorted(finding.nodes) for ref in ed.by_name[name].input if ref.startswith("^")
+                and names.node_of(ref) not in finding.nodes]
+    for edit in fold.edits:
+        node = ed.by_name[edit.node]
+        node.input[0] = finding.x
+        node.input.extend(ref for ref in controls if ref not in node.input)
+        _new_weights(ed, node, edit.weights)
+        if edit.bias is None:
+            continue
+        dtype = _dtype(ed.index, edit.node)
+        bias = ed.const(f"{edit.node}/bn_folded/bias", edit.bias.astype(tensors.numpy_dtype(dtype)), edit.node)
+        if edit.bias_node is not None:
+            ed.by_name[edit.bias_node].input[1] = bias
+            continue
+        moved = type(node)()
+        moved.CopyFrom(node)
+        moved.name = ed.fresh(f"{edit.node}/bn_folded/unbiased")
+        ed.add(moved, edit.node)
+        layout = "NCHW" if ed.index.attr(edit.node, "data_format", "NHWC", str).startswith("NC") else "NHWC"
+        ed.replacements[edit.node] = nodes.bias_add(edit.node, moved.name, bias, dtype, layout, node.device)
 
 
 def _fuse_op(ed: _Editor, finding: Finding) -> None:

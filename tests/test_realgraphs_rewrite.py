@@ -36,7 +36,7 @@ CASES = {
     "pose_hourglass_frozen.pb": ({}, {"FusedBatchNorm": 0, "BiasAdd": 65}, 528),
     "tfpose_mnv2_small_opt.pb": ({"shapes": {"image": [1, 368, 432, 3]}},
                                  {"FusedBatchNorm": 39, "BiasAdd": 60}, 736),
-    "sbd_model_v3.pb": ({"batch": 1}, {"FusedBatchNormV3": 10}, 178),
+    "sbd_model_v3.pb": ({"batch": 1}, {"FusedBatchNormV3": 3, "Conv2D": 11}, 108),
     # negative variances: NaN channels, left as they are (degenerate-parameters)
     "tf_graphconstructor_test_bnwgn.pbtxt": ({}, {"BatchNormWithGlobalNormalization": 1,
                                                   "FusedBatchNormV3": 0, "Const": 2}, 3),
@@ -71,3 +71,27 @@ def test_training_mode_batch_norms_keep_batch_statistics(realgraphs):
     assert np.abs(batch[:1] - alone).max() > 1e-3  # batch statistics really are in use
     reference = run(original, feeds, ["Openpose/concat_stage7"])[0]
     assert compare("out", reference, batch).passed
+
+
+def test_sbd_folds_forward_what_feeds_a_convolution(realgraphs):
+    """sbd's 10 FusedBatchNormV3 follow activations, so none has a host before it. The 7
+    read only by a Conv2D fold forward into its input channels (their shifts are zero, so
+    the convs' SAME padding does not matter); the 3 read by a MaxPool cannot fold."""
+    original = bnrewrite.load_graph(realgraphs / "sbd_model_v3.pb")
+    rewritten, report = bnrewrite.rewrite(original)
+    folded = {e.output.split("/")[1]: e.consumers for e in report.batch_norms if e.action == "fold"}
+    assert folded == {f"batch_normalization{s}": [f"functional_1/conv2d_{c}/Conv2D"]
+                      for s, c in (("", 1), ("_2", 3), ("_4", 5), ("_5", 6), ("_7", 8), ("_8", 9), ("_9", 10))}
+    assert all(e.direction == "forward" and e.host is None for e in report.batch_norms if e.action == "fold")
+    left = [e for e in report.batch_norms if e.action != "fold"]
+    by_name = {n.name: n for n in original.node}
+    readers = {e.output: {n.op for n in original.node if e.output in n.input} for e in left}
+    assert [(e.action, e.reason) for e in left] == [("skip", "no-linear-host")] * 3
+    assert set(map(frozenset, readers.values())) == {frozenset({"MaxPool"})}, readers
+    assert all(by_name[e.input.split(":")[0]].op in ("Relu", "AddV2") for e in left)
+    # The graph's output is a thresholded mask (all zero on random inputs): also compare
+    # every folded convolution's biased output, which each fold changes if it is wrong.
+    convs = [f"functional_1/conv2d_{c}/BiasAdd" for c in (1, 3, 5, 6, 8, 9, 10)]
+    result = bnrewrite.verify(original, rewritten, Options(outputs=["Identity", *convs], batch=1))
+    assert result.passed and len(result.outputs) == 8, result.describe()
+    assert max(c.max_abs for c in result.outputs[1:]) > 0  # the convs really were recomputed
