@@ -11,6 +11,7 @@ from conftest import expected, fixture_cases, fixture_path
 CASES = fixture_cases()
 FIELDS = ("form", "training", "statistics", "host", "action", "reason", "channels", "channel_axis")
 PARAMS = ("gamma", "beta", "mean", "variance")
+OPTIONAL = ("direction", "consumers")  # checked where the sidecar states them
 # Where the graph Casts float32 parameters to half before use, the audit reports the
 # values the graph computes with: the generator's float32 values rounded to fp16.
 REL = {"bn_half_cast": 1e-3}
@@ -30,7 +31,8 @@ def test_audit_matches_sidecar(name):
     assert sorted(got) == sorted(bn["output"] for bn in want["batch_norms"])
     for bn in want["batch_norms"]:
         entry = got[bn["output"]]
-        assert {f: getattr(entry, f) for f in FIELDS} == {f: bn[f] for f in FIELDS}, bn["output"]
+        fields = FIELDS + tuple(f for f in OPTIONAL if f in bn)
+        assert {f: getattr(entry, f) for f in fields} == {f: bn[f] for f in fields}, bn["output"]
         assert entry.epsilon == pytest.approx(bn["epsilon"], rel=1e-6)
         for role in PARAMS:
             if bn[role] is None:

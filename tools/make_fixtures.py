@@ -529,6 +529,117 @@ def _(fx):
     fx.output(tf.nn.softmax(dense(fx, "fc1", y, 4), name="out"))
 
 
+# ----- 10. folding forward: no host before the batch norm, linear ops after it ---------------
+def relu_input(fx, shape, name="pre"):
+    """Placeholder x -> Relu: what sits before a batch norm placed after the activation."""
+    return tf.nn.relu(fx.placeholder("x", shape), name=name + "/Relu")
+
+
+def conv_after(fx, scope, x, cout, k, padding, bias=None, w=None):
+    """Conv2D with the given kernel and padding reading ``x`` (a batch norm's output)."""
+    with tf.name_scope(scope):
+        w = fx.weights(scope + "/weights", [k, k, x.shape[-1], cout]) if w is None else w
+        y = tf.nn.conv2d(x, w, 1, padding, name="Conv2D")
+        if bias:
+            y = tf.nn.bias_add(y, fx.const(scope + "/biases", fx.rng.uniform(-0.5, 0.5, cout)),
+                               name="BiasAdd")
+    return y
+
+
+def forward_fused(fx, x, channels, eps, version=3, zero_shift=False, **expect):
+    """FusedBatchNorm* on ``x`` (no host before it); the sidecar entry folds forward."""
+    p = fx.bn_params(channels)
+    if zero_shift:  # untrained statistics: beta = mean = 0, so only the scale is left
+        p.beta, p.mean = np.zeros(channels, np.float32), np.zeros(channels, np.float32)
+    with tf.name_scope("bn"):
+        bn = fused_bn(x, fx.param_tensors("bn", p), eps, version)
+    expect.setdefault("direction", "forward")
+    fx.expect(FORM_OPS[version], bn.y, x, p, eps, None, **expect)
+    return bn.y
+
+
+@case("fwd_matmul", "Relu -> tf.nn.batch_normalization -> MatMul + BiasAdd: no host before "
+      "it, folds forward into the MatMul's input rows; the shift merges into the BiasAdd.")
+def _(fx):
+    x = relu_input(fx, [None, 9])
+    p = fx.bn_params(9)
+    with tf.name_scope("bn"):
+        z = decomposed_bn(x, fx.param_tensors("bn", p), 1.25e-3)
+    finish(fx, dense(fx, "fc1", z, 5, bias="BiasAdd"))
+    fx.expect("batch_normalization", z, x, p, 1.25e-3, None, direction="forward",
+              consumers=["fc1/MatMul"])
+
+
+@case("fwd_conv_valid", "Relu -> FusedBatchNormV3 -> Conv2D 3x3 VALID (no bias): the conv sees "
+      "no padding, so scale and shift fold forward; a new BiasAdd takes the conv's name.")
+def _(fx):
+    z = forward_fused(fx, relu_input(fx, [None, 7, 6, 5]), 5, 2.35e-3,
+                      consumers=["conv1/Conv2D"])
+    finish(fx, conv_after(fx, "conv1", z, 4, 3, "VALID"))
+
+
+@case("fwd_conv_1x1", "Relu -> FusedBatchNorm -> Conv2D 1x1 SAME + BiasAdd: a 1x1 window "
+      "sees no padding, so the shift folds too (into the conv's BiasAdd).")
+def _(fx):
+    z = forward_fused(fx, relu_input(fx, [None, 6, 5, 7]), 7, 3.45e-3, version=1,
+                      consumers=["conv1/Conv2D"])
+    finish(fx, conv_after(fx, "conv1", z, 9, 1, "SAME", bias=True))
+
+
+@case("fwd_depthwise", "Relu -> FusedBatchNormV2 -> DepthwiseConv2dNative 3x3 VALID, channel "
+      "multiplier 2: input channel c scales filter[:, :, c, :] and shifts outputs 2c, 2c+1.")
+def _(fx):
+    z = forward_fused(fx, relu_input(fx, [None, 7, 6, 4]), 4, 4.55e-3, version=2,
+                      consumers=["dwconv/depthwise"])
+    with tf.name_scope("dwconv"):
+        w = fx.weights("dwconv/depthwise_weights", [3, 3, 4, 2])
+        finish(fx, tf.nn.depthwise_conv2d(z, w, [1, 1, 1, 1], "VALID", name="depthwise"))
+
+
+@case("fwd_same_zero_shift", "Relu -> FusedBatchNormV3 with beta = mean = 0 -> Conv2D 3x3 SAME "
+      "(sbd_model_v3's case): no shift, so the padding does not matter and the scale folds.")
+def _(fx):
+    z = forward_fused(fx, relu_input(fx, [None, 6, 7, 5]), 5, 5.65e-3, zero_shift=True,
+                      consumers=["conv1/Conv2D"])
+    finish(fx, conv_after(fx, "conv1", z, 6, 3, "SAME", bias=True))
+
+
+@case("fwd_trap_same_padding", "Relu -> FusedBatchNorm -> Conv2D 3x3 SAME: the conv pads the "
+      "normalised input with zeros, which a folded shift would not reproduce: refused "
+      "(padding), fused instead.")
+def _(fx):
+    z = forward_fused(fx, relu_input(fx, [None, 7, 6, 3]), 3, 6.75e-3, version=1,
+                      action="fuse", reason="padding", direction=None,
+                      consumers=["conv1/Conv2D"])
+    finish(fx, conv_after(fx, "conv1", z, 4, 3, "SAME"))
+
+
+@case("fwd_two_consumers", "Relu -> FusedBatchNormV3 -> two Conv2D sharing one weights Const "
+      "(VALID 3x3 directly, 1x1 SAME through an Identity): folds forward into both, each with "
+      "its own scaled copy of the weights.")
+def _(fx):
+    z = forward_fused(fx, relu_input(fx, [None, 7, 5, 6]), 6, 7.85e-3,
+                      consumers=["conv_a/Conv2D", "conv_b/Conv2D"])
+    w = fx.weights("shared/weights", [1, 1, 6, 3])
+    finish(fx, conv_after(fx, "conv_a", z, 3, 1, "VALID", w=w), "out_a")
+    finish(fx, conv_after(fx, "conv_b", tf.identity(z, name="bn/read_out"), 3, 1, "SAME", w=w),
+           "out_b")
+
+
+@case("fwd_trap_other_reader", "Relu -> tf.nn.batch_normalization read by a Conv2D VALID and by "
+      "a Relu output 'side': the normalised value must survive, so no forward fold "
+      "(host-has-other-consumers); fused.")
+def _(fx):
+    x = relu_input(fx, [None, 6, 7, 4])
+    p = fx.bn_params(4)
+    with tf.name_scope("bn"):
+        z = decomposed_bn(x, fx.param_tensors("bn", p), 8.95e-3)
+    finish(fx, conv_after(fx, "conv1", z, 5, 3, "VALID"))
+    finish(fx, z, "side")
+    fx.expect("batch_normalization", z, x, p, 8.95e-3, None, action="fuse",
+              reason="host-has-other-consumers", direction=None, consumers=["conv1/Conv2D"])
+
+
 # ----- driver --------------------------------------------------------------------------------
 def check_epsilons(fixtures):
     """Every batch norm in the set has its own epsilon, so a wrong binding shows."""
