@@ -1,8 +1,9 @@
 """Random frozen graphs with batch norms, for the property suite (hypothesis strategies).
 
 A drawn `Spec` says which host, bias, batch-norm form, layout, dtype, channel count and
-parameter values to use, and whether the host's weights are shared or its output read
-twice; `build(spec)` writes it as NodeDefs the way TF 1.x graphs hold them.
+parameter values to use, whether the host's weights are shared or its output read
+twice, and which linear op (if any) reads the batch norm, to fold forward into;
+`build(spec)` writes it as NodeDefs the way TF 1.x graphs hold them.
 """
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ HOSTS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "MatMul_tb", "Conv3D", "Co
 FUSED = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3", "BatchNormWithGlobalNormalization")
 ARITHMETIC = ("decomposed", "decomposed_no_gamma", "decomposed_no_beta", "formula_div", "formula_rsqrt")
 FORMS = FUSED + ARITHMETIC + ("moments",)
+# Linear ops reading the batch norm, by the rank of its tensor: kernel, padding (Conv2D_same
+# sees padding, so only a zero shift folds into it).
+CONSUMERS = {2: ("none", "MatMul"), 4: ("none", "Conv2D_valid", "Conv2D_same", "Conv2D_1x1", "Depthwise_valid"),
+             5: ("none",)}
 
 
 @dataclass(frozen=True)
@@ -37,28 +42,41 @@ class Spec:
     shared_weights: bool
     second_consumer: bool
     swapped: bool
+    consumer: str = "none"  # a linear op after the batch norm (CONSUMERS)
+    zero_shift: bool = False  # beta = mean = 0: nothing for padding to see
+    bn_side: bool = False  # the batch norm's output is also an output of its own
 
     @property
     def rank(self) -> int:
-        return {"MatMul": 2, "MatMul_tb": 2, "Conv3D": 5}.get(self.host, 4)
+        return _rank(self.host, self.consumer)
+
+
+def _rank(host: str, consumer: str) -> int:
+    if host == "none" and consumer == "MatMul":
+        return 2
+    return {"MatMul": 2, "MatMul_tb": 2, "Conv3D": 5}.get(host, 4)
 
 
 @st.composite
 def specs(draw) -> Spec:
     # fp16 graphs: a half Conv2D and FusedBatchNormV3 (T=half, U=float), one draw in six
     half = draw(st.integers(0, 5)) == 0
-    host = "Conv2D" if half else draw(st.sampled_from(HOSTS))
-    rank = {"MatMul": 2, "MatMul_tb": 2, "Conv3D": 5}.get(host, 4)
+    host = "Conv2D" if half else draw(st.sampled_from(HOSTS + ("none",) * 2))  # "none": fold forward
+    consumer = "none" if half else draw(st.sampled_from(
+        CONSUMERS[_rank(host, "none")] + (("MatMul",) if host == "none" else ())))
+    rank = _rank(host, consumer)
     forms = [f for f in FORMS if rank == 4 or f not in FUSED or (rank == 5 and f == "FusedBatchNormV3")]
     form = "FusedBatchNormV3" if half else draw(st.sampled_from(forms))
-    nchw = host == "Conv2D" and not half and form != "moments" \
+    nchw = host == "Conv2D" and not half and form != "moments" and not consumer.startswith("Depthwise") \
         and form != "BatchNormWithGlobalNormalization" and draw(st.booleans())
     return Spec(
         host=host, bias=draw(st.sampled_from(("none", "BiasAdd", "Add"))) if host != "none" else "none",
         form=form, nchw=nchw, half=half, cin=draw(st.integers(1, 4)), channels=draw(st.integers(1, 7)),
         seed=draw(st.integers(0, 2**16)), epsilon=draw(st.sampled_from((1e-9, 1e-5, 1e-3, 0.1, 1.0))),
         tiny_variance=draw(st.booleans()), shared_weights=host != "none" and draw(st.booleans()),
-        second_consumer=host != "none" and draw(st.booleans()), swapped=draw(st.booleans()))
+        second_consumer=host != "none" and draw(st.booleans()), swapped=draw(st.booleans()),
+        consumer=consumer, zero_shift=draw(st.integers(0, 3)) == 0,
+        bn_side=consumer != "none" and draw(st.integers(0, 3)) == 0)
 
 
 class _Graph:
@@ -93,8 +111,28 @@ def build(spec: Spec) -> tuple[graph_pb2.GraphDef, list[str]]:
     outputs = []
     y = _host(g, spec, rng, dt, np_dt, outputs)
     bn = _batch_norm(g, spec, rng, y, dt)
-    g.node("out", "Relu", bn, T=dt)
+    if spec.bn_side:
+        outputs.append(g.node("bn_side", "Relu", bn, T=dt))
+    g.node("out", "Relu", _consumer(g, spec, rng, bn, dt), T=dt)
     return g.graph, ["out", *outputs]
+
+
+def _consumer(g: _Graph, spec: Spec, rng, bn: str, dt) -> str:
+    """The linear op reading the batch norm (through an Identity), or the batch norm."""
+    if spec.consumer == "none":
+        return bn
+    c = bn_channels(spec)
+    read = g.node("bn/read_out", "Identity", bn, T=dt)
+    if spec.consumer == "MatMul":
+        w = g.const("w_after", rng.normal(0, 0.5, (c, 3)))
+        return g.node("after", "MatMul", read, w, T=dt, transpose_a=False, transpose_b=False)
+    kind, padding = spec.consumer.split("_")
+    k = 1 if padding == "1x1" else 3
+    shape = (k, k, c, 2) if kind == "Depthwise" else (k, k, c, 3)
+    op = "DepthwiseConv2dNative" if kind == "Depthwise" else "Conv2D"
+    w = g.const("w_after", rng.normal(0, 0.5, shape))
+    return g.node("after", op, read, w, T=dt, strides=[1, 1, 1, 1], padding="VALID" if padding == "valid" else "SAME",
+                  data_format="NCHW" if spec.nchw else "NHWC")
 
 
 def _host(g: _Graph, spec: Spec, rng, dt, np_dt, outputs: list[str]) -> str:
@@ -153,6 +191,8 @@ def _batch_norm(g: _Graph, spec: Spec, rng, y: str, dt) -> str:
     c = bn_channels(spec)
     gamma = rng.uniform(-2, 2, c)
     beta, mean = rng.normal(0, 1, c), rng.normal(0, 1, c)
+    if spec.zero_shift:
+        beta, mean = np.zeros(c), np.zeros(c)
     variance = 10 ** rng.uniform(-10, -4, c) if spec.tiny_variance else rng.uniform(0.2, 5, c)
     vec = [c, 1, 1] if spec.nchw else [c]
     if spec.form in FUSED:

@@ -1,6 +1,7 @@
 """Property suite: random graphs of every catalogue form, host, layout, dtype, channel
 count and parameter range (negative gamma, tiny variance, large epsilon), with shared
-weights and extra consumers. For each: the rewrite keeps every output in TensorFlow, is
+weights and extra consumers, and linear ops after the batch norm to fold forward into
+(padding-refused where the shift is not zero). For each: the rewrite keeps every output in TensorFlow, is
 idempotent and deterministic, leaves the input alone, and does what the audit said.
 
 BNREWRITE_PROPERTY_EXAMPLES sets the number of examples (CI default 40);
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 
 import bnrewrite
 from bnrewrite.verify import Options
@@ -28,6 +29,7 @@ def test_rewrite_properties(spec):
     audit = bnrewrite.audit(graph)
     assert len(audit.batch_norms) == 1, (spec, [(e.form, e.output) for e in audit.batch_norms])
     (planned,) = audit.batch_norms
+    event(f"{planned.action}: {planned.direction or planned.reason}")  # counts in the long run
     assert planned.training == (spec.form == "moments")
 
     rewritten, report = bnrewrite.rewrite(graph)
@@ -37,6 +39,14 @@ def test_rewrite_properties(spec):
     if spec.host != "none" and not spec.second_consumer and spec.form != "moments" \
             and planned.reason != "fold-precision":
         assert planned.action == "fold", (spec, planned.reason, planned.detail)
+        assert planned.direction == "backward", spec  # preferred where both are possible
+    if spec.host == "none" and spec.consumer != "none" and spec.form != "moments" and not spec.bn_side:
+        if spec.consumer == "Conv2D_same" and not spec.zero_shift:
+            assert planned.reason == "padding", (spec, planned.reason, planned.detail)
+        elif planned.reason != "fold-precision":
+            assert (planned.action, planned.direction) == ("fold", "forward"), (spec, planned.detail)
+    if spec.bn_side and spec.host == "none":
+        assert planned.action != "fold", spec
 
     result = bnrewrite.verify(graph, rewritten, Options(outputs=outputs, batch=3, seed=spec.seed))
     assert result.passed, (spec, result.describe())
