@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .consumers import Consumer
 from .findings import Finding
 from .fold_math import as_channel_vector, folded_bias, folded_weights, scaled_inputs, shift_bias
-from .hosts import Consumer, HostMatch
+from .hosts import HostMatch
 
 BACKWARD, FORWARD = "backward", "forward"
 # A folded output channel fed inputs of this magnitude must stay inside the dtype.
@@ -33,15 +34,21 @@ class Fold:
     bias: np.ndarray | None = None  # backward: one value per channel, replaces the batch norm
 
 
-def backward(finding: Finding, host: HostMatch, shared: bool) -> Fold | str:
-    """Fold into the host's output channels; a string says why the dtype cannot hold it."""
+def backward(finding: Finding, host: HostMatch, shared: list[bool]) -> Fold | str:
+    """Fold into the host's output channels, each part (group) by its slice of the scale;
+    a string says why the dtype cannot hold it. `shared`: per part, its weights are."""
     scale, offset = finding.params(host.channels).scale_offset()
-    folded = folded_weights(host.weights, scale, host.weight_axes)
     bias = folded_bias(host.bias, scale, offset)
-    problem = _precision(host.weights, folded, bias, host.weight_axes)
-    if problem:
-        return problem
-    return Fold(BACKWARD, (WeightEdit(host.node, folded.astype(host.weights.dtype), shared),), bias)
+    edits, start = [], 0
+    for part, part_shared in zip(host.parts, shared):
+        end = start + part.channels
+        folded = folded_weights(part.weights, scale[start:end], part.weight_axes)
+        problem = _precision(part.weights, folded, bias[start:end], part.weight_axes)
+        if problem:
+            return problem
+        edits.append(WeightEdit(part.node, folded.astype(part.weights.dtype), part_shared))
+        start = end
+    return Fold(BACKWARD, tuple(edits), bias)
 
 
 def forward(finding: Finding, consumers: list[tuple[Consumer, bool, bool]]) -> Fold | str:

@@ -17,7 +17,8 @@ from . import folds
 from .findings import Finding
 from .fold_math import as_channel_vector
 from .folds import Fold
-from .hosts import HOSTS, Consumer, Readers, weights_shared
+from .consumers import Consumer, Readers
+from .hosts import HOSTS, weights_shared
 from .index import GraphIndex
 
 

@@ -2,15 +2,16 @@
 
 A host is a linear op whose output channel c depends on weights[..., c] only, so a
 per-channel scale can be multiplied into the weights. Between the host and the batch
-norm there may be a constant bias (BiasAdd, Add, AddV2), which folds into the new bias.
-
-Folding forward, a batch norm's consumers are linear ops whose input channel c meets
-weights[..., c, ...] only (`input_axis`): the scale goes into those weights, the shift
-into a bias after them, exact only where they see no padding.
+norm there may be links, each with its own rule for where the channel axis goes: a
+constant bias (BiasAdd, Add, AddV2; it folds into the new bias), Squeeze, ExpandDims
+and Reshape that provably keep the channels (Conv1D, a dense layer reshaped to 4-D),
+BatchToSpaceND (atrous convolutions). A ConcatV2 of hosts on the channel axis (a
+grouped convolution) is a host made of parts, each scaled by its slice of the scale.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -18,8 +19,6 @@ from . import names
 from .errors import InvalidGraphError
 from .fold_math import channel_layout
 from .index import GraphIndex
-from .matcher import Match, match
-from .pattern import Const, Param, Var, alt, op
 
 
 @dataclass(frozen=True)
@@ -28,88 +27,215 @@ class Host:
     weights_input: int
     arity: int
     channel_axes: tuple[int, ...]  # weight axes whose (row-major) product is the output channel
+    rank: int  # of its output
     layout_attr: str | None = "data_format"
     transposed_by: str | None = None  # bool attribute that swaps a 2-D weight's axes
     input_axis: int | None = None  # weight axis of the input channel; None: not folded forward
     spatial_axes: tuple[int, ...] = ()  # kernel axes: a window wider than 1 can see padding
 
-    def pattern(self):
-        inputs = [Param("weights") if i == self.weights_input else Var(f"host_input{i}")
-                  for i in range(self.arity)]
-        return op(self.op, *inputs, name="host")
-
 
 HOSTS = {
     host.op: host
     for host in (
-        Host("Conv2D", 1, 2, (3,), input_axis=2, spatial_axes=(0, 1)),
+        Host("Conv2D", 1, 2, (3,), 4, input_axis=2, spatial_axes=(0, 1)),
         # channel = in * multiplier + m; input channel c meets weights[:, :, c, :]
-        Host("DepthwiseConv2dNative", 1, 2, (2, 3), input_axis=2, spatial_axes=(0, 1)),
-        Host("MatMul", 1, 2, (1,), layout_attr=None, transposed_by="transpose_b", input_axis=0),
-        Host("Conv2DBackpropInput", 1, 3, (2,)),  # inputs: sizes, filter, out_backprop
-        Host("Conv3D", 1, 2, (4,), input_axis=3, spatial_axes=(0, 1, 2)),
+        Host("DepthwiseConv2dNative", 1, 2, (2, 3), 4, input_axis=2, spatial_axes=(0, 1)),
+        Host("MatMul", 1, 2, (1,), 2, layout_attr=None, transposed_by="transpose_b", input_axis=0),
+        Host("Conv2DBackpropInput", 1, 3, (2,), 4),  # inputs: sizes, filter, out_backprop
+        Host("Conv3D", 1, 2, (4,), 5, input_axis=3, spatial_axes=(0, 1, 2)),
     )
 }
 
-# SpaceToBatchND -> Conv2D -> BatchToSpaceND: how TF1 wrote dilated (atrous) convs.
-_ATROUS = op("BatchToSpaceND",
-             op("Conv2D", op("SpaceToBatchND", Var("atrous_input"), Const("block"), Const("pads")),
-                Param("weights"), name="host"),
-             Const("block"), Const("crops"), name="atrous")
-_CORE = alt(_ATROUS, *(host.pattern() for host in HOSTS.values()))
-HOST_PATTERN = alt(
-    op("BiasAdd", _CORE, Const("bias"), name="bias_add"),
-    op("Add|AddV2", _CORE, Const("bias"), name="bias_add"),
-    _CORE,
-)
+
+@dataclass(frozen=True)
+class Part:
+    node: str  # a linear op whose output channels the batch norm scales
+    op: str
+    weights: np.ndarray | None  # None: not constant
+    weight_axes: tuple[int, ...]  # the weight axes that make an output channel (see Host)
+    channels: int | None
 
 
 @dataclass(frozen=True)
 class HostMatch:
-    node: str  # the linear op
+    node: str  # the linear op (the first part of a grouped convolution)
     op: str
-    chain: tuple[str, ...]  # host, [BatchToSpaceND], [bias]: each feeds the next, last feeds the BN
-    output: str  # the node giving the linear result: the host, or the BatchToSpaceND after it
+    parts: tuple[Part, ...]  # in channel order
+    links: tuple[tuple[str, str | None], ...]  # (node, the one node it feeds; None: the batch norm)
+    output: str  # the tensor the folded bias is added to
+    bypass: tuple[str, str] | None  # a bias inside the chain drops out: (its reader, what it reads now)
     bias_node: str | None
-    weights: np.ndarray | None  # None: not constant
-    weight_axes: tuple[int, ...]  # the weight axes that make an output channel (see Host)
     bias: np.ndarray | None
-    bias_axis: int | None  # negative output axis the bias is added along; None: no bias or scalar
+    bias_axis: int | None  # axis the bias is added along, as seen by the batch norm; 0: lines up with none
     channels: int | None
-    channel_axis: int  # negative axis of the output that carries channels
+    channel_axis: int  # negative axis of the batch norm's input that carries channels
     param_nodes: frozenset[str]  # weights and bias constants with their read chains
 
 
+# Ops looked through between a host and its batch norm (what freezing leaves behind).
+_IDENTITY = frozenset({"Identity", "Snapshot"})
+BIAS_OPS = frozenset({"BiasAdd", "Add", "AddV2"})
+
+
 def find_host(index: GraphIndex, tensor: str) -> HostMatch | None:
-    """The linear op (and bias) producing `tensor`, or None."""
-    found = match(HOST_PATTERN, index, tensor)
-    if not isinstance(found, Match):
+    """The linear op(s) producing `tensor` through links that keep the channels, or None."""
+    chain: list[str] = []  # from the batch norm back to the host
+    bias = None
+    tensor = names.canonical(tensor)
+    while True:
+        node = index.node(tensor)
+        if node is None or names.parse(tensor).index != 0:
+            return None
+        if is_host(index, node.name) or node.op == "ConcatV2":
+            break
+        if node.op in BIAS_OPS:
+            found = _bias_operand(index, node.name)
+            if found is None or bias is not None:
+                return None
+            bias, tensor = found, found[0]
+        elif node.op in _IDENTITY or node.op in LINKS:
+            tensor = index.data_inputs(node.name)[0]
+        else:
+            return None
+        chain.append(node.name)
+    parts = _parts(index, node.name)
+    if not parts:
         return None
-    node = index.nodes[names.node_of(found.tensors["host"])]
-    spec = HOSTS[node.op]
-    axes = _weight_axes(spec, index, node.name)
-    chain = tuple(names.node_of(found.tensors[key]) for key in ("host", "atrous", "bias_add") if key in found.tensors)
-    bias_node = chain[-1] if "bias_add" in found.tensors else None
-    weights = found.values.get("weights")
-    bias = found.values.get("bias")
-    return HostMatch(
-        node=node.name,
-        op=node.op,
-        chain=chain,
-        output=chain[-2] if bias_node else chain[-1],
-        bias_node=bias_node,
-        weights=weights,
-        weight_axes=axes,
-        bias=bias,
-        bias_axis=_bias_axis(index, found, bias),
-        channels=_channels(weights, axes),
-        param_nodes=found.param_nodes,
-        channel_axis=layout_channel_axis(index.attr(node.name, spec.layout_attr, kind=str)
-                                         if spec.layout_attr else None),
-    )
+    first = HOSTS[index.nodes[parts[0].node].op]
+    channels = None if None in [p.channels for p in parts] else sum(p.channels for p in parts)
+    rank, axis = first.rank, _layout_axis(index, parts[0].node, first)
+    lines_up = True
+    for name in reversed(chain):
+        if bias is not None and name == bias[1]:
+            lines_up = _bias_lines_up(index, name, bias[2], rank, axis)
+        elif index.nodes[name].op in LINKS:
+            moved = LINKS[index.nodes[name].op](index, name, rank, axis, channels)
+            if moved is None:
+                return None
+            rank, axis = moved
+    if axis != -1 and rank + axis != 1:
+        return None  # a BiasAdd adds along the last axis or axis 1 only
+    bias_axis = None if bias is None or bias[2].size <= 1 else (axis if lines_up else 0)
+    return _match(index, node.name, parts, chain, bias, bias_axis, channels, axis)
 
 
-def _weight_axes(spec: Host, index: GraphIndex, name: str) -> tuple[int, ...]:
+def _match(index, top, parts, chain, bias, bias_axis, channels, axis) -> HostMatch:
+    nodes = [p.node for p in parts] + ([top] if top != parts[0].node else []) + chain[::-1]
+    feeds = {p.node: top for p in parts if p.node != top}
+    links = tuple((n, feeds.get(n, nodes[i + 1] if i + 1 < len(nodes) else None)) for i, n in enumerate(nodes))
+    bias_node = bias[1] if bias else None
+    output, bypass = names.canonical(chain[0] if chain else top), None
+    if bias_node is not None and chain[0] == bias_node:
+        output = bias[0]
+    elif bias_node is not None:
+        bypass = (chain[chain.index(bias_node) - 1], bias[0])
+    consts = [index.const_value(index.data_inputs(p.node)[HOSTS[p.op].weights_input]) for p in parts]
+    param_nodes = {n for c in consts if c for n in c.chain}
+    if bias:
+        param_nodes |= set(index.const_value(bias[3]).chain)
+    return HostMatch(node=parts[0].node, op=parts[0].op, parts=tuple(parts), links=links, output=output,
+                     bypass=bypass, bias_node=bias_node, bias=bias[2] if bias else None, bias_axis=bias_axis,
+                     channels=channels, channel_axis=axis, param_nodes=frozenset(param_nodes))
+
+
+def _parts(index: GraphIndex, name: str) -> list[Part]:
+    """The host, or each input of a ConcatV2 along the hosts' channel axis (grouped conv)."""
+    if is_host(index, name):
+        return [_part(index, name)]
+    *inputs, axis = index.data_inputs(name)
+    hosts = [index.node(t) for t in inputs]
+    if not hosts or len(set(inputs)) != len(inputs) or any(
+            h is None or not is_host(index, h.name) or names.parse(t).index != 0 for h, t in zip(hosts, inputs)):
+        return []
+    specs = {HOSTS[h.op] for h in hosts}
+    layouts = {_layout_axis(index, h.name, HOSTS[h.op]) for h in hosts}
+    found = index.const_value(axis)
+    if len(specs) != 1 or len(layouts) != 1 or found is None or found.value.size != 1:
+        return []
+    spec = specs.pop()
+    if int(found.value.reshape(-1)[0]) % spec.rank != layouts.pop() % spec.rank:
+        return []
+    return [_part(index, h.name) for h in hosts]
+
+
+def is_host(index: GraphIndex, name: str) -> bool:
+    spec = HOSTS.get(index.nodes[name].op)
+    return spec is not None and len(index.data_inputs(name)) == spec.arity
+
+
+def _part(index: GraphIndex, name: str) -> Part:
+    spec = HOSTS[index.nodes[name].op]
+    found = index.const_value(index.data_inputs(name)[spec.weights_input])
+    weights = None if found is None else found.value
+    axes = weight_axes(spec, index, name)
+    return Part(name, spec.op, weights, axes, _channels(weights, axes))
+
+
+def _bias_operand(index: GraphIndex, name: str):
+    """(the other input, bias node, bias value, bias tensor) where one operand is constant."""
+    inputs = index.data_inputs(name)
+    if len(inputs) != 2:
+        return None
+    order = (0, 1) if index.nodes[name].op == "BiasAdd" else (0, 1, 1, 0)
+    for data, const in zip(order[::2], order[1::2]):
+        found = index.const_value(inputs[const])
+        if found is not None and index.const_value(inputs[data]) is None:
+            return inputs[data], name, found.value, inputs[const]
+    return None
+
+
+def _bias_lines_up(index: GraphIndex, name: str, bias: np.ndarray, rank: int, axis: int) -> bool:
+    """Is the bias added along the channel axis as it is at the bias?"""
+    if bias.size <= 1:
+        return True
+    if index.nodes[name].op == "BiasAdd":
+        along = -1 if index.attr(name, "data_format", "NHWC", str).endswith("C") else 1 - rank
+    else:
+        layout = channel_layout([bias])
+        along = layout[1] if layout and bias.ndim <= rank else 0
+    return along == axis
+
+
+# Channel-axis rules of the links: (rank, negative channel axis) before -> after, or None
+# when the link may move or split the channels.
+def _squeeze(index: GraphIndex, name: str, rank: int, axis: int, channels: int | None):
+    dims = {d % rank for d in index.attr(name, "squeeze_dims", [], list)}
+    position = rank + axis
+    if not dims or position in dims:
+        return None  # squeezing every size-1 dim depends on shapes not known here
+    rank -= len(dims)
+    return rank, position - sum(d < position for d in dims) - rank
+
+
+def _expand_dims(index: GraphIndex, name: str, rank: int, axis: int, channels: int | None):
+    found = index.const_value(index.data_inputs(name)[1])
+    if found is None or found.value.size != 1:
+        return None
+    at = int(found.value.reshape(-1)[0]) % (rank + 1)
+    position = rank + axis
+    return rank + 1, position + (at <= position) - rank - 1
+
+
+def _reshape(index: GraphIndex, name: str, rank: int, axis: int, channels: int | None):
+    """Last axis of C in, last axis of C out: each element keeps its channel (flat index mod C)."""
+    found = index.const_value(index.data_inputs(name)[1])
+    if found is None or axis != -1 or channels is None or found.value.ndim != 1 or not found.value.size \
+            or int(found.value[-1]) != channels:
+        return None
+    return found.value.size, -1
+
+
+def _batch_to_space(index: GraphIndex, name: str, rank: int, axis: int, channels: int | None):
+    """Moves the batch into the spatial dims 1..M; the channels after them stay."""
+    found = index.const_value(index.data_inputs(name)[1])
+    return (rank, axis) if found is not None and rank + axis > found.value.size else None
+
+
+LINKS: dict[str, Callable] = {"Squeeze": _squeeze, "ExpandDims": _expand_dims, "Reshape": _reshape,
+                              "BatchToSpaceND": _batch_to_space}
+
+
+def weight_axes(spec: Host, index: GraphIndex, name: str) -> tuple[int, ...]:
     if spec.transposed_by and index.attr(name, spec.transposed_by, False, bool):
         return (0,)
     return spec.channel_axes
@@ -121,14 +247,8 @@ def _channels(weights: np.ndarray | None, axes: tuple[int, ...]) -> int | None:
     return int(np.prod([weights.shape[a] for a in axes]))
 
 
-def _bias_axis(index: GraphIndex, found: Match, bias: np.ndarray | None) -> int | None:
-    if bias is None or bias.size <= 1:
-        return None
-    node = names.node_of(found.tensors["bias_add"])
-    if index.nodes[node].op == "BiasAdd":
-        return layout_channel_axis(index.attr(node, "data_format", kind=str))
-    layout = channel_layout([bias])
-    return layout[1] if layout else 0  # 0: no single channel axis, never lines up
+def _layout_axis(index: GraphIndex, name: str, spec: Host) -> int:
+    return layout_channel_axis(index.attr(name, spec.layout_attr, kind=str) if spec.layout_attr else None)
 
 
 LAYOUTS = {"NHWC": -1, "NDHWC": -1, "NCHW": -3, "NCDHW": -4, "NWC": -1, "NCW": -2}
@@ -141,105 +261,6 @@ def layout_channel_axis(layout: str | None) -> int:
     if layout not in LAYOUTS:
         raise InvalidGraphError(f"unknown data_format '{layout}'")
     return LAYOUTS[layout]
-
-
-# Ops that hand on their input unchanged: a batch norm reaches its consumers through them.
-FORWARD_PASSTHROUGH = frozenset({"Identity", "Snapshot", "StopGradient", "PreventGradient"})
-
-
-@dataclass(frozen=True)
-class Consumer:
-    node: str  # a linear op reading the batch norm as its data input
-    op: str
-    weights: np.ndarray | None  # None: not constant
-    input_axis: int  # the weight axis its input channel meets
-    weight_axes: tuple[int, ...]  # the weight axes that make an output channel (see Host)
-    channels: int | None  # input channels its weights take
-    channel_axis: int | None  # negative axis of its input holding channels; None: none does
-    padding: str | None  # how it can see padding (then a shift cannot fold); None: it cannot
-    bias_node: str | None  # its only reader, a constant BiasAdd a new bias can merge into
-    bias: np.ndarray | None
-    param_nodes: frozenset[str]  # its weights constant with the read chain
-
-
-@dataclass(frozen=True)
-class Readers:
-    consumers: tuple[Consumer, ...]
-    others: tuple[str, ...]  # readers it cannot fold into (control edges included)
-    chain: tuple[str, ...]  # pass-through nodes between the batch norm and its consumers
-
-
-def find_consumers(index: GraphIndex, node: str) -> Readers:
-    """Who reads output 0 of `node`, through pass-through ops: linear ops it could fold
-    forward into, and everything else."""
-    consumers, others, chain = [], [], []
-    frontier = [node]
-    while frontier:
-        source = frontier.pop()
-        for reader in sorted(index.node_consumers(source)):
-            refs = [names.parse(ref) for ref in index.nodes[reader].input if names.node_of(ref) == source]
-            reader_op = index.nodes[reader].op
-            spec = HOSTS.get(reader_op)
-            if any(ref.control or ref.index != 0 for ref in refs):
-                others.append(reader)
-            elif reader_op in FORWARD_PASSTHROUGH:
-                chain.append(reader)
-                frontier.append(reader)
-            elif spec is not None and spec.input_axis is not None and _only_data_input(index, reader, source):
-                consumers.append(_consumer(index, reader, spec))
-            else:
-                others.append(reader)
-    return Readers(tuple(consumers), tuple(others), tuple(chain))
-
-
-def _only_data_input(index: GraphIndex, reader: str, source: str) -> bool:
-    return [names.node_of(t) == source for t in index.data_inputs(reader)][:2] == [True, False]
-
-
-def _consumer(index: GraphIndex, name: str, spec: Host) -> Consumer:
-    found = index.const_value(index.data_inputs(name)[spec.weights_input])
-    weights = None if found is None else found.value
-    transposed = spec.transposed_by and index.attr(name, spec.transposed_by, False, bool)
-    axes = _weight_axes(spec, index, name)
-    input_axis = 1 - spec.input_axis if transposed else spec.input_axis
-    channel_axis = (None if index.attr(name, "transpose_a", False, bool) else
-                    layout_channel_axis(index.attr(name, spec.layout_attr, kind=str) if spec.layout_attr else None))
-    usable = weights is not None and weights.ndim > max(*axes, input_axis)
-    bias_node, bias, bias_chain = _bias_after(index, name, spec)
-    return Consumer(
-        node=name, op=spec.op, weights=weights, input_axis=input_axis, weight_axes=axes,
-        channels=int(weights.shape[input_axis]) if usable else None, channel_axis=channel_axis,
-        padding=_padding(index, name, spec, weights), bias_node=bias_node, bias=bias,
-        param_nodes=frozenset((found.chain if found else ()) + bias_chain))
-
-
-def _padding(index: GraphIndex, name: str, spec: Host, weights: np.ndarray | None) -> str | None:
-    """A window of one element sees no padding whatever the attribute says: SAME pads
-    (k - 1) * dilation in total, zero for k = 1."""
-    padding = index.attr(name, "padding", "VALID", str) if spec.spatial_axes else "VALID"
-    if padding == "VALID" or (padding == "EXPLICIT" and not any(index.attr(name, "explicit_paddings", [], list))):
-        return None
-    if weights is not None and weights.ndim > max(spec.spatial_axes) \
-            and all(weights.shape[a] == 1 for a in spec.spatial_axes):
-        return None
-    return f"{padding} padding"
-
-
-def _bias_after(index: GraphIndex, name: str, spec: Host):
-    """(node, value, constant chain) of the constant BiasAdd that is the only reader of
-    `name`, in `name`'s layout; Nones when there is none."""
-    none = (None, None, ())
-    readers = index.node_consumers(name)
-    if len(readers) != 1:
-        return none
-    (reader,) = readers
-    inputs = index.data_inputs(reader)
-    layout = index.attr(name, spec.layout_attr, "NHWC", str) if spec.layout_attr else "NHWC"
-    if index.nodes[reader].op != "BiasAdd" or inputs[0] != names.canonical(name) \
-            or index.attr(reader, "data_format", "NHWC", str) != layout:
-        return none
-    found = index.const_value(inputs[1])
-    return (reader, found.value, found.chain) if found is not None and found.value.ndim == 1 else none
 
 
 def weights_shared(index: GraphIndex, node: str, weights_input: int) -> bool:

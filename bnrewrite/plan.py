@@ -21,7 +21,8 @@ from . import folds
 from .fold_math import as_channel_vector
 from .folds import Fold
 from .forward import FORWARD_CHECKS, Forward
-from .hosts import HOSTS, HostMatch, Readers, find_consumers, find_host, weights_shared
+from .consumers import Readers, find_consumers
+from .hosts import HOSTS, HostMatch, find_host, weights_shared
 from .index import GraphIndex
 
 FOLD, FUSE, SKIP = "fold", "fuse", "skip"
@@ -92,8 +93,8 @@ class _Context:
     @cached_property
     def fold(self) -> Fold | str:
         """The arrays (or why the dtype cannot hold them), once every other check passed."""
-        return folds.backward(self.finding, self.host, weights_shared(
-            self.index, self.host.node, HOSTS[self.host.op].weights_input))
+        return folds.backward(self.finding, self.host, [
+            weights_shared(self.index, p.node, HOSTS[p.op].weights_input) for p in self.host.parts])
 
 
 def _side_outputs(c: _Context) -> str | None:
@@ -119,7 +120,7 @@ def _non_finite(c: _Context) -> str | None:
     bad = _non_finite_count(c.finding)
     if c.host is not None:
         bad += sum(np.count_nonzero(~np.isfinite(np.asarray(v, np.float64)))
-                   for v in (c.host.weights, c.host.bias) if v is not None)
+                   for v in (*(p.weights for p in c.host.parts), c.host.bias) if v is not None)
     return f"{bad} parameter or weight values are NaN or infinite" if bad else None
 
 
@@ -142,7 +143,7 @@ def _degenerate(c: _Context) -> str | None:
 
 def _mismatch(c: _Context) -> str | None:
     f, h = c.finding, c.host
-    if h is None or h.weights is None:
+    if h is None or any(p.weights is None for p in h.parts):
         return None
     if h.channels is None:
         return f"the weights of {h.node} have no output-channel axis"
@@ -156,7 +157,8 @@ def _mismatch(c: _Context) -> str | None:
 
 
 def _host_weights(c: _Context) -> str | None:
-    return f"weights of {c.host.node} are not constant" if c.host and c.host.weights is None else None
+    unknown = [p.node for p in c.host.parts if p.weights is None] if c.host else []
+    return f"weights of {', '.join(unknown)} are not constant" if unknown else None
 
 
 def _other_consumers(c: _Context) -> str | None:
@@ -167,9 +169,8 @@ def _other_consumers(c: _Context) -> str | None:
         if node != c.finding.output and (outside or node in c.fetched):
             readers = ", ".join(sorted(outside)) or "the caller"
             return f"{node}, computed from the host's output, is also read by {readers}"
-    chain = list(c.host.chain)
-    for node, next_nodes in zip(chain, [{n} for n in chain[1:]] + [set(c.finding.nodes)]):
-        outside = c.index.node_consumers(node) - next_nodes
+    for node, feeds in c.host.links:
+        outside = c.index.node_consumers(node) - ({feeds} if feeds else set(c.finding.nodes))
         if outside:
             return f"{node} is also read by {', '.join(sorted(outside))}"
         if node in c.fetched:
@@ -311,5 +312,6 @@ def make_plan(index: GraphIndex, mode: str = "fold", fetched: frozenset[str] = f
     for context in contexts:
         refusal = _first(PARAM_CHECKS, context)
         backward.append((refusal, False) if refusal else (_first(HOST_CHECKS, context), True))
-    claimed = frozenset(c.host.node for c, (refusal, _) in zip(contexts, backward) if refusal is None)
+    claimed = frozenset(p.node for c, (refusal, _) in zip(contexts, backward) if refusal is None
+                        for p in c.host.parts)
     return [_decide(c, *b, mode, claimed) for c, b in zip(contexts, backward)]

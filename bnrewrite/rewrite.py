@@ -77,7 +77,7 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
             _FUSERS[outcome.kind](editor, finding)
         elif isinstance(outcome, Fold) and outcome.direction == BACKWARD:
             _fold(editor, decision)
-            candidates |= ({decision.host.bias_node} - {None}) | decision.host.param_nodes
+            candidates |= {node for node, _ in decision.host.links} | decision.host.param_nodes
         elif isinstance(outcome, Fold):
             _fold_forward(editor, finding, outcome)
             candidates |= set(decision.readers.chain).union(
@@ -104,8 +104,12 @@ def _new_weights(ed: _Editor, node: Any, weights: np.ndarray) -> None:
 
 
 def _fold(ed: _Editor, decision: Decision) -> None:
-    finding, host, (edit,) = decision.finding, decision.host, decision.outcome.edits
-    _new_weights(ed, ed.by_name[host.node], edit.weights)
+    finding, host = decision.finding, decision.host
+    for edit in decision.outcome.edits:
+        _new_weights(ed, ed.by_name[edit.node], edit.weights)
+    if host.bypass:  # a bias inside the chain: it is now part of the folded bias
+        reader, tensor = host.bypass
+        ed.by_name[reader].input[0] = tensor
     dtype = _dtype(ed.index, host.node)
     bias = decision.outcome.bias.astype(tensors.numpy_dtype(dtype))
     bias_name = ed.const(f"{host.node}/bn_folded/bias", bias, finding.output)
