@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import names
-from .hosts import HOSTS, Host, is_host, layout_channel_axis, weight_axes
+from .hosts import HOSTS, Host, is_host, layout_channel_axis, weight_axes, weights_value
 from .index import GraphIndex
 
 # Ops that hand on their input unchanged: a batch norm reaches its consumers through them.
@@ -68,7 +68,7 @@ def _only_data_input(index: GraphIndex, reader: str, source: str) -> bool:
 
 
 def _consumer(index: GraphIndex, name: str, spec: Host) -> Consumer:
-    found = index.const_value(index.data_inputs(name)[spec.weights_input])
+    found = weights_value(index, index.data_inputs(name)[spec.weights_input])
     weights = None if found is None else found.value
     transposed = spec.transposed_by and index.attr(name, spec.transposed_by, False, bool)
     axes = weight_axes(spec, index, name)

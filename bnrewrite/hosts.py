@@ -18,7 +18,7 @@ import numpy as np
 from . import names
 from .errors import InvalidGraphError
 from .fold_math import channel_layout
-from .index import GraphIndex
+from .index import ConstValue, GraphIndex
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _match(index, top, parts, chain, bias, bias_axis, channels, axis) -> HostMat
         output = bias[0]
     elif bias_node is not None:
         bypass = (chain[chain.index(bias_node) - 1], bias[0])
-    consts = [index.const_value(index.data_inputs(p.node)[HOSTS[p.op].weights_input]) for p in parts]
+    consts = [weights_value(index, index.data_inputs(p.node)[HOSTS[p.op].weights_input]) for p in parts]
     param_nodes = {n for c in consts if c for n in c.chain}
     if bias:
         param_nodes |= set(index.const_value(bias[3]).chain)
@@ -163,9 +163,22 @@ def is_host(index: GraphIndex, name: str) -> bool:
     return spec is not None and len(index.data_inputs(name)) == spec.arity
 
 
+def weights_value(index: GraphIndex, tensor: str) -> ConstValue | None:
+    """Constant weights, also where the graph adds their axis itself: Conv1D's ExpandDims
+    of a 3-D kernel (the fold writes the expanded kernel in its place)."""
+    node = index.node(tensor)
+    if node is None or node.op != "ExpandDims":
+        return index.const_value(tensor)
+    value, axis = (index.const_value(t) for t in index.data_inputs(node.name))
+    if value is None or axis is None or axis.value.size != 1:
+        return None
+    return ConstValue(np.expand_dims(value.value, int(axis.value.reshape(-1)[0])),
+                      (node.name, *value.chain, *axis.chain))
+
+
 def _part(index: GraphIndex, name: str) -> Part:
     spec = HOSTS[index.nodes[name].op]
-    found = index.const_value(index.data_inputs(name)[spec.weights_input])
+    found = weights_value(index, index.data_inputs(name)[spec.weights_input])
     weights = None if found is None else found.value
     axes = weight_axes(spec, index, name)
     return Part(name, spec.op, weights, axes, _channels(weights, axes))

@@ -640,6 +640,66 @@ def _(fx):
               reason="host-has-other-consumers", direction=None, consumers=["conv1/Conv2D"])
 
 
+# ----- 11. hosts through shape ops, grouped and atrous depthwise convolutions ----------------
+@case("host_conv1d", "Conv1D as tf.nn.conv1d builds it (ExpandDims -> Conv2D with an ExpandDims'd "
+      "kernel -> Squeeze) + BiasAdd -> tf.nn.batch_normalization on the 3-D output: the Squeeze "
+      "keeps the channels last, so it folds into the Conv2D.")
+def _(fx):
+    x = fx.placeholder("x", [None, 9, 4])
+    with tf.name_scope("conv1d_1"):
+        w = fx.weights("conv1d_1/kernel", [3, 4, 7])
+        y = tf.nn.conv1d(x, w, 1, "SAME", name="conv1d")
+        y = tf.nn.bias_add(y, fx.const("conv1d_1/bias", fx.rng.uniform(-0.5, 0.5, 7)), name="BiasAdd")
+    p = fx.bn_params(7)
+    with tf.name_scope("bn"):
+        z = decomposed_bn(y, fx.param_tensors("bn", p), 1.35e-3)
+    finish(fx, z)
+    fx.expect("batch_normalization", z, y, p, 1.35e-3, "Conv2D", direction="backward")
+
+
+@case("host_dense_reshape_bnwgn", "MatMul + BiasAdd -> Reshape [-1, 1, 1, C] -> legacy "
+      "BatchNormWithGlobalNormalization (producer 8) -> Reshape back: the Reshape keeps C "
+      "last, so it folds into the MatMul; its bias joins the folded bias after the Reshape.")
+def _(fx):
+    y = dense(fx, "fc1", fx.placeholder("x", [None, 6]), 10, bias="BiasAdd")
+    y4 = tf.reshape(y, [-1, 1, 1, 10], name="fc1/Reshape")
+    p = fx.bn_params(10)
+    t = fx.param_tensors("bn", p)
+    bn = bnwgn(fx, "bn/BatchNormWithGlobalNormalization", y4, t, 2.45e-3)
+    shape = tf.constant([-1, 10], tf.int32, name="bn/flat_shape")
+    flat = fx.node("bn/Reshape", "Reshape", [bn, shape], T=tf.float32, Tshape=tf.int32)
+    fx.output(fx.node("out", "Relu", [flat], T=tf.float32))
+    fx.producer = 8
+    fx.expect("BatchNormWithGlobalNormalization", bn, y4, p, 2.45e-3, "MatMul", direction="backward")
+
+
+@case("host_grouped_conv", "Grouped conv: Split into 3 groups -> Conv2D x 3 -> ConcatV2 on the "
+      "channel axis -> FusedBatchNormV3: each group's weights take their slice of the scale, "
+      "one bias after the ConcatV2.")
+def _(fx):
+    x = fx.placeholder("x", [None, 7, 6, 6])
+    with tf.name_scope("grouped"):
+        groups = tf.split(x, 3, axis=3, name="split")
+        outs = [tf.nn.conv2d(g, fx.weights("grouped/weights_%d" % i, [3, 3, 2, 3]), 1, "SAME",
+                             name="Conv2D_%d" % i) for i, g in enumerate(groups)]
+        y = tf.concat(outs, axis=3, name="concat")
+    fused_tail(fx, y, 9, 3.55e-3, "Conv2D", direction="backward")
+
+
+@case("host_atrous_depthwise", "Atrous depthwise conv (SpaceToBatchND -> DepthwiseConv2dNative "
+      "VALID -> BatchToSpaceND, rate 2, multiplier 2) -> FusedBatchNormV3: folds into the "
+      "depthwise filter through the BatchToSpaceND.")
+def _(fx):
+    x = fx.placeholder("x", [None, 8, 10, 3])
+    with tf.name_scope("atrous_dw"):
+        w = fx.weights("atrous_dw/depthwise_weights", [3, 3, 3, 2])
+        y = tf.compat.v1.nn.with_space_to_batch(
+            x, dilation_rate=[2, 2], padding="SAME", filter_shape=[3, 3],
+            op=lambda inp, num_spatial_dims, padding: tf.nn.depthwise_conv2d(
+                inp, w, [1, 1, 1, 1], padding, name="depthwise"))
+    fused_tail(fx, y, 6, 4.65e-3, "DepthwiseConv2dNative", direction="backward")
+
+
 # ----- driver --------------------------------------------------------------------------------
 def check_epsilons(fixtures):
     """Every batch norm in the set has its own epsilon, so a wrong binding shows."""
