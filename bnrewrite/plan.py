@@ -15,13 +15,12 @@ from typing import Callable
 import numpy as np
 from tensorboard.compat.proto import types_pb2
 
-from . import names, tensors
+from . import folds, names, tensors
+from .consumers import Readers, find_consumers
 from .findings import Finding, find_batch_norms
-from . import folds
 from .fold_math import as_channel_vector
 from .folds import Fold
 from .forward import FORWARD_CHECKS, Forward
-from .consumers import Readers, find_consumers
 from .hosts import HOSTS, HostMatch, find_host, weights_shared
 from .index import GraphIndex
 

@@ -87,7 +87,6 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
         candidates |= finding.nodes | finding.param_nodes
         if not isinstance(outcome, Fold) or outcome.direction == BACKWARD:
             protected = protected | {finding.output}  # its name now gives the same value
-
     return _prune(editor.result(), candidates - protected)
 
 

@@ -347,13 +347,20 @@ def _(fx):
 @case("host_atrous_conv", "Atrous conv (SpaceToBatchND -> Conv2D VALID -> BatchToSpaceND, rate "
       "2, as tf.nn.atrous_conv2d built it) -> FusedBatchNormV3: folds into the Conv2D.")
 def _(fx):
-    x = fx.placeholder("x", [None, 8, 6, 5])
-    with tf.name_scope("atrous"):
-        w = fx.weights("atrous/weights", [3, 3, 5, 11])
-        y = tf.compat.v1.nn.with_space_to_batch(
-            x, dilation_rate=[2, 2], padding="SAME", filter_shape=[3, 3],
-            op=lambda inp, num_spatial_dims, padding: tf.nn.conv2d(inp, w, 1, padding))
+    y = atrous(fx, "atrous", [None, 8, 6, 5], "weights", [3, 3, 5, 11],
+               lambda inp, w, padding: tf.nn.conv2d(inp, w, 1, padding))
     fused_tail(fx, y, 11, 5.3e-3, "Conv2D")
+
+
+def atrous(fx, scope, shape, weights, w_shape, conv):
+    """Placeholder x -> SpaceToBatchND -> ``conv`` -> BatchToSpaceND, rate 2, as
+    tf.nn.atrous_conv2d (and depthwise_conv2d with a rate) built it."""
+    x = fx.placeholder("x", shape)
+    with tf.name_scope(scope):
+        w = fx.weights("%s/%s" % (scope, weights), w_shape)
+        return tf.compat.v1.nn.with_space_to_batch(
+            x, dilation_rate=[2, 2], padding="SAME", filter_shape=[3, 3],
+            op=lambda inp, num_spatial_dims, padding: conv(inp, w, padding))
 
 
 @case("host_matmul_transpose_b", "MatMul with transpose_b=true (weights [out, in]) -> "
@@ -690,13 +697,9 @@ def _(fx):
       "VALID -> BatchToSpaceND, rate 2, multiplier 2) -> FusedBatchNormV3: folds into the "
       "depthwise filter through the BatchToSpaceND.")
 def _(fx):
-    x = fx.placeholder("x", [None, 8, 10, 3])
-    with tf.name_scope("atrous_dw"):
-        w = fx.weights("atrous_dw/depthwise_weights", [3, 3, 3, 2])
-        y = tf.compat.v1.nn.with_space_to_batch(
-            x, dilation_rate=[2, 2], padding="SAME", filter_shape=[3, 3],
-            op=lambda inp, num_spatial_dims, padding: tf.nn.depthwise_conv2d(
-                inp, w, [1, 1, 1, 1], padding, name="depthwise"))
+    y = atrous(fx, "atrous_dw", [None, 8, 10, 3], "depthwise_weights", [3, 3, 3, 2],
+               lambda inp, w, padding: tf.nn.depthwise_conv2d(inp, w, [1, 1, 1, 1], padding,
+                                                              name="depthwise"))
     fused_tail(fx, y, 6, 4.65e-3, "DepthwiseConv2dNative", direction="backward")
 
 
