@@ -2,7 +2,11 @@
 
 Folding forward, a batch norm's consumers are linear ops whose input channel c meets
 weights[..., c, ...] only (`Host.input_axis`): the scale goes into those weights, the
-shift into a bias after them, exact only where they see no padding.
+shift into a bias after them, exact only where they see no padding. Between the two may
+sit Identity-like ops, and one link that the consumers then read instead of the batch
+norm: a zero Pad (padding they see), a MirrorPad (which copies values, so both scale and
+shift pass it), or a Reshape to [N, K] with K a multiple of the channels (a flatten:
+input j of the consumer is channel j mod C).
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ class Consumer:
     bias_node: str | None  # its only reader, a constant BiasAdd a new bias can merge into
     bias: np.ndarray | None
     param_nodes: frozenset[str]  # its weights constant with the read chain
+    entry: str  # what reads the batch norm's value (it, or a link before it): it reads x instead
+    flatten: int | None = None  # K of a Reshape to [N, K] before it
 
 
 @dataclass(frozen=True)
@@ -48,26 +54,59 @@ def find_consumers(index: GraphIndex, node: str) -> Readers:
     while frontier:
         source = frontier.pop()
         for reader in sorted(index.node_consumers(source)):
-            refs = [names.parse(ref) for ref in index.nodes[reader].input if names.node_of(ref) == source]
-            reader_op = index.nodes[reader].op
-            spec = HOSTS.get(reader_op)
-            if any(ref.control or ref.index != 0 for ref in refs):
+            op = index.nodes[reader].op
+            link = LINKS[op](index, reader) if op in LINKS and _reads_input0(index, reader, source) else None
+            behind = sorted(index.node_consumers(reader)) if link else []
+            if not _reads_input0(index, reader, source):
                 others.append(reader)
-            elif reader_op in FORWARD_PASSTHROUGH:
+            elif op in FORWARD_PASSTHROUGH:
                 chain.append(reader)
                 frontier.append(reader)
-            elif is_host(index, reader) and spec.input_axis is not None and _only_data_input(index, reader, source):
-                consumers.append(_consumer(index, reader, spec))
+            elif _is_consumer(index, reader):
+                consumers.append(_consumer(index, reader, reader))
+            elif behind and all(_reads_input0(index, r, reader) and _is_consumer(index, r) for r in behind):
+                consumers.extend(_consumer(index, r, reader, *link) for r in behind)
             else:
                 others.append(reader)
     return Readers(tuple(consumers), tuple(others), tuple(chain))
 
 
-def _only_data_input(index: GraphIndex, reader: str, source: str) -> bool:
-    return [names.node_of(t) == source for t in index.data_inputs(reader)][:2] == [True, False]
+def _reads_input0(index: GraphIndex, reader: str, source: str) -> bool:
+    """`reader` takes output 0 of `source` as its first data input, and only there."""
+    refs = [names.parse(ref) for ref in index.nodes[reader].input if names.node_of(ref) == source]
+    reads = [names.node_of(t) == source for t in index.data_inputs(reader)]
+    return not any(ref.control or ref.index for ref in refs) and reads[:1] == [True] and reads.count(True) == 1
 
 
-def _consumer(index: GraphIndex, name: str, spec: Host) -> Consumer:
+def _is_consumer(index: GraphIndex, name: str) -> bool:
+    return is_host(index, name) and HOSTS[index.nodes[name].op].input_axis is not None
+
+
+def _pad(index: GraphIndex, name: str):
+    """(padding seen, flatten) after a Pad; PadV2 only with zeros, MirrorPad sees none."""
+    inputs = index.data_inputs(name)
+    pads = index.const_value(inputs[1])
+    fill = index.const_value(inputs[2]) if len(inputs) > 2 else None
+    if pads is None or (len(inputs) > 2 and (fill is None or np.any(fill.value != 0))):
+        return None
+    mirror = index.nodes[name].op == "MirrorPad"
+    return (None if mirror or not np.any(pads.value) else f"a zero Pad ({name})"), None
+
+
+def _flatten(index: GraphIndex, name: str):
+    shape = index.const_value(index.data_inputs(name)[1])
+    if shape is None or shape.value.shape != (2,) or int(shape.value[1]) <= 0:
+        return None
+    return None, int(shape.value[1])
+
+
+# Links a batch norm reaches its consumers through: (padding they see, flatten K) or None.
+LINKS = {"Pad": _pad, "PadV2": _pad, "MirrorPad": _pad, "Reshape": _flatten}
+
+
+def _consumer(index: GraphIndex, name: str, entry: str, link_padding: str | None = None,
+              flatten: int | None = None) -> Consumer:
+    spec = HOSTS[index.nodes[name].op]
     found = weights_value(index, index.data_inputs(name)[spec.weights_input])
     weights = None if found is None else found.value
     transposed = spec.transposed_by and index.attr(name, spec.transposed_by, False, bool)
@@ -80,8 +119,8 @@ def _consumer(index: GraphIndex, name: str, spec: Host) -> Consumer:
     return Consumer(
         node=name, op=spec.op, weights=weights, input_axis=input_axis, weight_axes=axes,
         channels=int(weights.shape[input_axis]) if usable else None, channel_axis=channel_axis,
-        padding=_padding(index, name, spec, weights), bias_node=bias_node, bias=bias,
-        param_nodes=frozenset((found.chain if found else ()) + bias_chain))
+        padding=link_padding or _padding(index, name, spec, weights), bias_node=bias_node, bias=bias,
+        param_nodes=frozenset((found.chain if found else ()) + bias_chain), entry=entry, flatten=flatten)
 
 
 def _padding(index: GraphIndex, name: str, spec: Host, weights: np.ndarray | None) -> str | None:

@@ -25,6 +25,7 @@ class WeightEdit:
     shared: bool  # the old weights are read elsewhere too (they are never overwritten)
     bias: np.ndarray | None = None  # forward: per output channel, added after `node`
     bias_node: str | None = None  # forward: the constant BiasAdd after `node` taking the bias
+    entry: str | None = None  # forward: what read the batch norm (`node` or a link before it)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def forward(finding: Finding, consumers: list[tuple[Consumer, bool, bool]]) -> F
     into its BiasAdd). A shift that is zero everywhere adds no bias."""
     edits = []
     for consumer, shared, merge in consumers:
-        scale, shift = finding.params(consumer.channels).scale_offset()
+        scale, shift = input_scale_shift(finding, consumer)
         folded = scaled_inputs(consumer.weights, scale, consumer.input_axis)
         bias = None
         if np.any(shift != 0):
@@ -66,8 +67,17 @@ def forward(finding: Finding, consumers: list[tuple[Consumer, bool, bool]]) -> F
         if problem:
             return f"{consumer.node}: {problem}"
         edits.append(WeightEdit(consumer.node, folded.astype(consumer.weights.dtype), shared, bias,
-                                consumer.bias_node if merge and bias is not None else None))
+                                consumer.bias_node if merge and bias is not None else None, consumer.entry))
     return Fold(FORWARD, tuple(edits))
+
+
+def input_scale_shift(finding: Finding, consumer: Consumer) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and shift per input channel of the consumer: after a flatten, input j takes
+    channel j mod C."""
+    flat = consumer.flatten is not None and not finding.uniform
+    scale, shift = finding.params(finding.channels if flat else consumer.channels).scale_offset()
+    reps = consumer.channels // scale.size
+    return np.tile(scale, reps), np.tile(shift, reps)
 
 
 def _precision(weights: np.ndarray, folded: np.ndarray, bias: np.ndarray | None,

@@ -33,7 +33,7 @@ class Forward:
     claimed: frozenset[str]
 
     def shift(self, consumer: Consumer) -> np.ndarray:
-        return self.finding.params(consumer.channels).scale_offset()[1]
+        return folds.input_scale_shift(self.finding, consumer)[1]
 
     @cached_property
     def fold(self) -> Fold | str:
@@ -46,7 +46,8 @@ def _other_readers(c: Forward) -> str | None:
     """The batch norm's value disappears: nothing else may read or fetch it."""
     if c.readers.others:
         return f"{c.finding.output} is also read by {', '.join(sorted(c.readers.others))}"
-    fetched = [node for node in (c.finding.output, *c.readers.chain) if node in c.fetched]
+    links = [k.entry for k in c.readers.consumers if k.entry != k.node]  # they will read x
+    fetched = [node for node in (c.finding.output, *c.readers.chain, *links) if node in c.fetched]
     return f"{fetched[0]} is a fetched output" if fetched else None
 
 
@@ -60,7 +61,11 @@ def _consumer_mismatch(c: Forward, k: Consumer) -> str | None:
     f = c.finding
     if k.channel_axis is None or k.channels is None:
         return f"{k.node} does not read it along an input-channel axis"
-    if not f.uniform and (k.channel_axis != f.channel_axis or k.channels != f.channels):
+    if k.flatten is not None and not f.uniform and (
+            f.channel_axis != -1 or k.flatten != k.channels or k.channels % f.channels):
+        return (f"{k.entry} flattens to {k.flatten} values a row, {k.node} takes {k.channels}: not "
+                f"whole rows of the batch norm's {f.channels} last-axis channels")
+    if k.flatten is None and not f.uniform and (k.channel_axis != f.channel_axis or k.channels != f.channels):
         return (f"{k.node} takes {k.channels} channels on axis {k.channel_axis}, the batch norm "
                 f"normalises {f.channels} on axis {f.channel_axis}")
     outputs = int(np.prod([k.weights.shape[a] for a in k.weight_axes]))

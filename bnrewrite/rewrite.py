@@ -122,9 +122,10 @@ def _fold_forward(ed: _Editor, finding: Finding, fold: Fold) -> None:
     controls = [ref for name in sorted(finding.nodes) for ref in ed.by_name[name].input if ref.startswith("^")
                 and names.node_of(ref) not in finding.nodes]
     for edit in fold.edits:
+        entry = ed.by_name[edit.entry]
+        entry.input[0] = finding.x
+        entry.input.extend(ref for ref in controls if ref not in entry.input)
         node = ed.by_name[edit.node]
-        node.input[0] = finding.x
-        node.input.extend(ref for ref in controls if ref not in node.input)
         _new_weights(ed, node, edit.weights)
         if edit.bias is None:
             continue

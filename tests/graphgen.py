@@ -22,9 +22,10 @@ FUSED = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3", "BatchNormWit
 ARITHMETIC = ("decomposed", "decomposed_no_gamma", "decomposed_no_beta", "formula_div", "formula_rsqrt")
 FORMS = FUSED + ARITHMETIC + ("moments",)
 # Linear ops reading the batch norm, by the rank of its tensor: kernel, padding (Conv2D_same
-# sees padding, so only a zero shift folds into it).
-CONSUMERS = {2: ("none", "MatMul"), 4: ("none", "Conv2D_valid", "Conv2D_same", "Conv2D_1x1", "Depthwise_valid"),
-             5: ("none",)}
+# and Pad_valid see padding, so only a zero shift folds into them), and the links before them.
+CONSUMERS = {2: ("none", "MatMul"), 4: ("none", "Conv2D_valid", "Conv2D_same", "Conv2D_1x1", "Depthwise_valid",
+                                     "Pad_valid", "MirrorPad_valid", "Flatten_matmul"), 5: ("none",)}
+PADDING_SEEN = ("Conv2D_same", "Pad_valid")
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,19 @@ def _consumer(g: _Graph, spec: Spec, rng, bn: str, dt) -> str:
         return bn
     c = bn_channels(spec)
     read = g.node("bn/read_out", "Identity", bn, T=dt)
-    if spec.consumer == "MatMul":
+    kind, padding = (spec.consumer + "_").split("_")[:2]
+    if kind == "Flatten":  # every rank-4 tensor drawn here is 5 x 6 spatially
+        read = g.node("flatten", "Reshape", read, g.const("flat", [-1, 30 * c], np.int32, read=False),
+                      T=dt, Tshape=I32)
+        c, kind = 30 * c, "MatMul"
+    if kind == "MatMul":
         w = g.const("w_after", rng.normal(0, 0.5, (c, 3)))
         return g.node("after", "MatMul", read, w, T=dt, transpose_a=False, transpose_b=False)
-    kind, padding = spec.consumer.split("_")
+    if kind in ("Pad", "MirrorPad"):
+        pads = [[0, 0], [0, 0], [1, 1], [1, 1]] if spec.nchw else [[0, 0], [1, 1], [1, 1], [0, 0]]
+        pads = g.const("pads_after", pads, np.int32, read=False)
+        extra = {"mode": "REFLECT"} if kind == "MirrorPad" else {}
+        read, kind = g.node("pad", kind, read, pads, T=dt, Tpaddings=I32, **extra), "Conv2D"
     k = 1 if padding == "1x1" else 3
     shape = (k, k, c, 2) if kind == "Depthwise" else (k, k, c, 3)
     op = "DepthwiseConv2dNative" if kind == "Depthwise" else "Conv2D"

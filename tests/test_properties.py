@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 
 import bnrewrite
 from bnrewrite.verify import Options
-from graphgen import build, specs
+from graphgen import PADDING_SEEN, build, specs
 
 EXAMPLES = int(os.environ.get("BNREWRITE_PROPERTY_EXAMPLES", "40"))
 
@@ -41,7 +41,7 @@ def test_rewrite_properties(spec):
         assert planned.action == "fold", (spec, planned.reason, planned.detail)
         assert planned.direction == "backward", spec  # preferred where both are possible
     if spec.host == "none" and spec.consumer != "none" and spec.form != "moments" and not spec.bn_side:
-        if spec.consumer == "Conv2D_same" and not spec.zero_shift:
+        if spec.consumer in PADDING_SEEN and not spec.zero_shift:
             assert planned.reason == "padding", (spec, planned.reason, planned.detail)
         elif planned.reason != "fold-precision":
             assert (planned.action, planned.direction) == ("fold", "forward"), (spec, planned.detail)

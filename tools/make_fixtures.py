@@ -474,7 +474,8 @@ def _(fx):
 
 
 @case("trap_mixed_forms", "One graph, three forms: Conv2D -> FusedBatchNorm (fold); Relu -> "
-      "decomposed BN (no host: fuse); Reshape -> MatMul + AddV2 bias -> decomposed BN (fold).")
+      "decomposed BN (no host; its flatten -> MatMul takes bn3 folded backward, so it cannot fold "
+      "forward either: fuse); Reshape -> MatMul + AddV2 bias -> decomposed BN (fold).")
 def _(fx):
     y1 = conv2d(fx, "conv1", fx.placeholder("x", [None, 7, 5, 3]), 8)
     bn1 = fused_tail(fx, y1, 8, 1.15e-3, "Conv2D", version=1, scope="bn1", out=None)
@@ -483,7 +484,7 @@ def _(fx):
     with tf.name_scope("bn2"):
         z2 = decomposed_bn(y2, fx.param_tensors("bn2", p2), 2.15e-3)
     fx.expect("batch_normalization", z2, y2, p2, 2.15e-3, None, action="fuse",
-              reason="no-linear-host")
+              reason="consumer-folded", consumers=["fc1/MatMul"])
     flat = tf.reshape(z2, [-1, 7 * 5 * 8], name="flatten/Reshape")
     y3 = dense(fx, "fc1", flat, 5, bias="AddV2")
     p3 = fx.bn_params(5)
@@ -645,6 +646,32 @@ def _(fx):
     finish(fx, z, "side")
     fx.expect("batch_normalization", z, x, p, 8.95e-3, None, action="fuse",
               reason="host-has-other-consumers", direction=None, consumers=["conv1/Conv2D"])
+
+
+@case("fwd_mirror_pad", "Relu -> FusedBatchNormV3 -> MirrorPad (REFLECT) -> Conv2D 3x3 VALID: "
+      "a mirror pad copies values, so scale and shift both fold forward through it.")
+def _(fx):
+    z = forward_fused(fx, relu_input(fx, [None, 7, 6, 5]), 5, 9.15e-3, consumers=["conv1/Conv2D"])
+    padded = tf.pad(z, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT", name="pad")
+    finish(fx, conv_after(fx, "conv1", padded, 4, 3, "VALID"))
+
+
+@case("fwd_trap_zero_pad", "Relu -> FusedBatchNorm -> Pad (zeros) -> Conv2D 3x3 VALID: the conv "
+      "sees the Pad's zeros, which a folded shift would not reproduce: refused (padding), fused.")
+def _(fx):
+    z = forward_fused(fx, relu_input(fx, [None, 6, 7, 3]), 3, 9.25e-3, version=1, action="fuse",
+                      reason="padding", direction=None, consumers=["conv1/Conv2D"])
+    padded = tf.pad(z, [[0, 0], [1, 1], [1, 1], [0, 0]], name="pad")
+    finish(fx, conv_after(fx, "conv1", padded, 4, 3, "VALID"))
+
+
+@case("fwd_flatten_matmul", "Relu -> FusedBatchNormV3 (NHWC) -> Reshape [-1, H*W*C] -> MatMul + "
+      "BiasAdd: input j of the MatMul is channel j mod C, so the scale and shift fold forward, "
+      "tiled over the rows.")
+def _(fx):
+    z = forward_fused(fx, relu_input(fx, [None, 3, 2, 5]), 5, 9.35e-3, consumers=["fc1/MatMul"])
+    flat = tf.reshape(z, [-1, 3 * 2 * 5], name="flatten/Reshape")
+    finish(fx, dense(fx, "fc1", flat, 4, bias="BiasAdd"))
 
 
 # ----- 11. hosts through shape ops, grouped and atrous depthwise convolutions ----------------
