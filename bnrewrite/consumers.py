@@ -54,10 +54,10 @@ def find_consumers(index: GraphIndex, node: str) -> Readers:
     while frontier:
         source = frontier.pop()
         for reader in sorted(index.node_consumers(source)):
-            op = index.nodes[reader].op
-            link = LINKS[op](index, reader) if op in LINKS and _reads_input0(index, reader, source) else None
+            op, reads = index.nodes[reader].op, _reads_input0(index, reader, source)
+            link = LINKS[op](index, reader) if op in LINKS and reads else None
             behind = sorted(index.node_consumers(reader)) if link else []
-            if not _reads_input0(index, reader, source):
+            if not reads:
                 others.append(reader)
             elif op in FORWARD_PASSTHROUGH:
                 chain.append(reader)
