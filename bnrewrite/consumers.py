@@ -85,6 +85,8 @@ def _is_consumer(index: GraphIndex, name: str) -> bool:
 def _pad(index: GraphIndex, name: str):
     """(padding seen, flatten) after a Pad; PadV2 only with zeros, MirrorPad sees none."""
     inputs = index.data_inputs(name)
+    if len(inputs) < 2:
+        return None
     pads = index.const_value(inputs[1])
     fill = index.const_value(inputs[2]) if len(inputs) > 2 else None
     if pads is None or (len(inputs) > 2 and (fill is None or np.any(fill.value != 0))):
@@ -94,7 +96,8 @@ def _pad(index: GraphIndex, name: str):
 
 
 def _flatten(index: GraphIndex, name: str):
-    shape = index.const_value(index.data_inputs(name)[1])
+    inputs = index.data_inputs(name)
+    shape = index.const_value(inputs[1]) if len(inputs) == 2 else None
     if shape is None or shape.value.shape != (2,) or int(shape.value[1]) <= 0:
         return None
     return None, int(shape.value[1])

@@ -11,7 +11,7 @@ grouped convolution) is a host made of parts, each scaled by its slice of the sc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -88,13 +88,14 @@ def find_host(index: GraphIndex, tensor: str) -> HostMatch | None:
             return None
         if is_host(index, node.name) or node.op == "ConcatV2":
             break
+        inputs = index.data_inputs(node.name)
         if node.op in BIAS_OPS:
             found = _bias_operand(index, node.name)
             if found is None or bias is not None:
                 return None
-            bias, tensor = found, found[0]
-        elif node.op in _IDENTITY or node.op in LINKS:
-            tensor = index.data_inputs(node.name)[0]
+            bias, tensor = found, found.data
+        elif (node.op in _IDENTITY or node.op in LINKS) and inputs:
+            tensor = inputs[0]
         else:
             return None
         chain.append(node.name)
@@ -106,8 +107,8 @@ def find_host(index: GraphIndex, tensor: str) -> HostMatch | None:
     rank, axis = first.rank, _layout_axis(index, parts[0].node, first)
     lines_up = True
     for name in reversed(chain):
-        if bias is not None and name == bias[1]:
-            lines_up = _bias_lines_up(index, name, bias[2], rank, axis)
+        if bias is not None and name == bias.node:
+            lines_up = _bias_lines_up(index, name, bias.value, rank, axis)
         elif index.nodes[name].op in LINKS:
             moved = LINKS[index.nodes[name].op](index, name, rank, axis, channels)
             if moved is None:
@@ -115,26 +116,28 @@ def find_host(index: GraphIndex, tensor: str) -> HostMatch | None:
             rank, axis = moved
     if axis != -1 and rank + axis != 1:
         return None  # a BiasAdd adds along the last axis or axis 1 only
-    bias_axis = None if bias is None or bias[2].size <= 1 else (axis if lines_up else 0)
+    bias_axis = None if bias is None or bias.value.size <= 1 else (axis if lines_up else 0)
     return _match(index, node.name, parts, chain, bias, bias_axis, channels, axis)
 
 
-def _match(index, top, parts, chain, bias, bias_axis, channels, axis) -> HostMatch:
+def _match(index: GraphIndex, top: str, parts: list[Part], chain: list[str], bias: "_Bias | None",
+           bias_axis: int | None, channels: int | None, axis: int) -> HostMatch:
+    """`chain` runs from the batch norm back to `top`: the host, or a grouped host's ConcatV2."""
     nodes = [p.node for p in parts] + ([top] if top != parts[0].node else []) + chain[::-1]
     feeds = {p.node: top for p in parts if p.node != top}
     links = tuple((n, feeds.get(n, nodes[i + 1] if i + 1 < len(nodes) else None)) for i, n in enumerate(nodes))
-    bias_node = bias[1] if bias else None
+    bias_node = bias.node if bias else None
     output, bypass = names.canonical(chain[0] if chain else top), None
     if bias_node is not None and chain[0] == bias_node:
-        output = bias[0]
+        output = bias.data
     elif bias_node is not None:
-        bypass = (chain[chain.index(bias_node) - 1], bias[0])
+        bypass = (chain[chain.index(bias_node) - 1], bias.data)
     consts = [weights_value(index, index.data_inputs(p.node)[HOSTS[p.op].weights_input]) for p in parts]
     param_nodes = {n for c in consts if c for n in c.chain}
     if bias:
-        param_nodes |= set(index.const_value(bias[3]).chain)
+        param_nodes |= set(bias.chain)
     return HostMatch(node=parts[0].node, op=parts[0].op, parts=tuple(parts), links=links, output=output,
-                     bypass=bypass, bias_node=bias_node, bias=bias[2] if bias else None, bias_axis=bias_axis,
+                     bypass=bypass, bias_node=bias_node, bias=bias.value if bias else None, bias_axis=bias_axis,
                      channels=channels, channel_axis=axis, param_nodes=frozenset(param_nodes))
 
 
@@ -184,8 +187,15 @@ def _part(index: GraphIndex, name: str) -> Part:
     return Part(name, spec.op, weights, axes, _channels(weights, axes))
 
 
-def _bias_operand(index: GraphIndex, name: str):
-    """(the other input, bias node, bias value, bias tensor) where one operand is constant."""
+class _Bias(NamedTuple):
+    data: str  # the operand the bias is added to
+    node: str
+    value: np.ndarray
+    chain: tuple[str, ...]  # the constant and its read chain
+
+
+def _bias_operand(index: GraphIndex, name: str) -> _Bias | None:
+    """The bias op `name` where one operand is constant and the other is not."""
     inputs = index.data_inputs(name)
     if len(inputs) != 2:
         return None
@@ -193,7 +203,7 @@ def _bias_operand(index: GraphIndex, name: str):
     for data, const in zip(order[::2], order[1::2]):
         found = index.const_value(inputs[const])
         if found is not None and index.const_value(inputs[data]) is None:
-            return inputs[data], name, found.value, inputs[const]
+            return _Bias(inputs[data], name, found.value, found.chain)
     return None
 
 
@@ -220,8 +230,13 @@ def _squeeze(index: GraphIndex, name: str, rank: int, axis: int, channels: int |
     return rank, position - sum(d < position for d in dims) - rank
 
 
+def _second_input(index: GraphIndex, name: str):
+    inputs = index.data_inputs(name)
+    return index.const_value(inputs[1]) if len(inputs) == 2 else None
+
+
 def _expand_dims(index: GraphIndex, name: str, rank: int, axis: int, channels: int | None):
-    found = index.const_value(index.data_inputs(name)[1])
+    found = _second_input(index, name)
     if found is None or found.value.size != 1:
         return None
     at = int(found.value.reshape(-1)[0]) % (rank + 1)
@@ -231,7 +246,7 @@ def _expand_dims(index: GraphIndex, name: str, rank: int, axis: int, channels: i
 
 def _reshape(index: GraphIndex, name: str, rank: int, axis: int, channels: int | None):
     """Last axis of C in, last axis of C out: each element keeps its channel (flat index mod C)."""
-    found = index.const_value(index.data_inputs(name)[1])
+    found = _second_input(index, name)
     if found is None or axis != -1 or channels is None or found.value.ndim != 1 or not found.value.size \
             or int(found.value[-1]) != channels:
         return None
@@ -240,7 +255,8 @@ def _reshape(index: GraphIndex, name: str, rank: int, axis: int, channels: int |
 
 def _batch_to_space(index: GraphIndex, name: str, rank: int, axis: int, channels: int | None):
     """Moves the batch into the spatial dims 1..M; the channels after them stay."""
-    found = index.const_value(index.data_inputs(name)[1])
+    inputs = index.data_inputs(name)
+    found = index.const_value(inputs[1]) if len(inputs) == 3 else None
     return (rank, axis) if found is not None and rank + axis > found.value.size else None
 
 
