@@ -5,8 +5,9 @@ weights[..., c, ...] only (`Host.input_axis`): the scale goes into those weights
 shift into a bias after them, exact only where they see no padding. Between the two may
 sit Identity-like ops, and one link that the consumers then read instead of the batch
 norm: a zero Pad (padding they see), a MirrorPad (which copies values, so both scale and
-shift pass it), or a Reshape to [N, K] with K a multiple of the channels (a flatten:
-input j of the consumer is channel j mod C).
+shift pass it), an AvgPool (linear per channel), a MaxPool (which commutes with a positive
+scale only), or a Reshape to [N, K] with K a multiple of the channels (a flatten: input j
+of the consumer is channel j mod C).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Consumer:
     param_nodes: frozenset[str]  # its weights constant with the read chain
     entry: str  # what reads the batch norm's value (it, or a link before it): it reads x instead
     flatten: int | None = None  # K of a Reshape to [N, K] before it
+    monotone: bool = False  # a MaxPool before it: the scale must be positive
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def _pad(index: GraphIndex, name: str):
     if pads is None or (len(inputs) > 2 and (fill is None or np.any(fill.value != 0))):
         return None
     mirror = index.nodes[name].op == "MirrorPad"
-    return (None if mirror or not np.any(pads.value) else f"a zero Pad ({name})"), None
+    return (None if mirror or not np.any(pads.value) else f"a zero Pad ({name})"), None, False
 
 
 def _flatten(index: GraphIndex, name: str):
@@ -100,15 +102,17 @@ def _flatten(index: GraphIndex, name: str):
     shape = index.const_value(inputs[1]) if len(inputs) == 2 else None
     if shape is None or shape.value.shape != (2,) or int(shape.value[1]) <= 0:
         return None
-    return None, int(shape.value[1])
+    return None, int(shape.value[1]), False
 
 
-# Links a batch norm reaches its consumers through: (padding they see, flatten K) or None.
-LINKS = {"Pad": _pad, "PadV2": _pad, "MirrorPad": _pad, "Reshape": _flatten}
+# Links a batch norm reaches its consumers through: (padding they see, flatten K, needs a
+# positive scale) or None. Pools work per channel; their padding is never averaged or taken.
+LINKS = {"Pad": _pad, "PadV2": _pad, "MirrorPad": _pad, "Reshape": _flatten,
+         "AvgPool": lambda index, name: (None, None, False), "MaxPool": lambda index, name: (None, None, True)}
 
 
 def _consumer(index: GraphIndex, name: str, entry: str, link_padding: str | None = None,
-              flatten: int | None = None) -> Consumer:
+              flatten: int | None = None, monotone: bool = False) -> Consumer:
     spec = HOSTS[index.nodes[name].op]
     found = weights_value(index, index.data_inputs(name)[spec.weights_input])
     weights = None if found is None else found.value
@@ -123,7 +127,8 @@ def _consumer(index: GraphIndex, name: str, entry: str, link_padding: str | None
         node=name, op=spec.op, weights=weights, input_axis=input_axis, weight_axes=axes,
         channels=int(weights.shape[input_axis]) if usable else None, channel_axis=channel_axis,
         padding=link_padding or _padding(index, name, spec, weights), bias_node=bias_node, bias=bias,
-        param_nodes=frozenset((found.chain if found else ()) + bias_chain), entry=entry, flatten=flatten)
+        param_nodes=frozenset((found.chain if found else ()) + bias_chain), entry=entry, flatten=flatten,
+        monotone=monotone)
 
 
 def _padding(index: GraphIndex, name: str, spec: Host, weights: np.ndarray | None) -> str | None:

@@ -32,6 +32,9 @@ class Forward:
     fetched: frozenset[str]
     claimed: frozenset[str]
 
+    def scale(self, consumer: Consumer) -> np.ndarray:
+        return folds.input_scale_shift(self.finding, consumer)[0]
+
     def shift(self, consumer: Consumer) -> np.ndarray:
         return folds.input_scale_shift(self.finding, consumer)[1]
 
@@ -84,5 +87,7 @@ FORWARD_CHECKS: tuple[tuple[str, Callable[[Forward], str | None]], ...] = (
                               if k.node in c.claimed else None)),
     ("padding", _each(lambda c, k: f"{k.node} sees {k.padding} and the shift is not zero"
                       if k.padding and np.any(c.shift(k) != 0) else None)),
+    ("negative-scale", _each(lambda c, k: f"{k.entry} takes the maximum, which a scale of zero or less "
+                             "does not commute with" if k.monotone and np.any(c.scale(k) <= 0) else None)),
     ("fold-precision", lambda c: c.fold if isinstance(c.fold, str) else None),
 )

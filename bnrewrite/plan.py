@@ -46,6 +46,7 @@ REASONS = {
     # folding forward, into the linear ops reading the batch norm
     "padding": "a consumer sees its input's zero padding, where a nonzero shift cannot be folded",
     "consumer-folded": "a consumer's weights already take another batch norm folded backward",
+    "negative-scale": "a MaxPool before the consumers commutes only with a positive scale",
 }
 
 

@@ -24,7 +24,8 @@ FORMS = FUSED + ARITHMETIC + ("moments",)
 # Linear ops reading the batch norm, by the rank of its tensor: kernel, padding (Conv2D_same
 # and Pad_valid see padding, so only a zero shift folds into them), and the links before them.
 CONSUMERS = {2: ("none", "MatMul"), 4: ("none", "Conv2D_valid", "Conv2D_same", "Conv2D_1x1", "Depthwise_valid",
-                                     "Pad_valid", "MirrorPad_valid", "Flatten_matmul"), 5: ("none",)}
+                                     "Pad_valid", "MirrorPad_valid", "Flatten_matmul", "MaxPool_valid",
+                                     "AvgPool_valid"), 5: ("none",)}
 PADDING_SEEN = ("Conv2D_same", "Pad_valid")
 
 
@@ -68,8 +69,8 @@ def specs(draw) -> Spec:
     rank = _rank(host, consumer)
     forms = [f for f in FORMS if rank == 4 or f not in FUSED or (rank == 5 and f == "FusedBatchNormV3")]
     form = "FusedBatchNormV3" if half else draw(st.sampled_from(forms))
-    nchw = host == "Conv2D" and not half and form != "moments" and not consumer.startswith("Depthwise") \
-        and form != "BatchNormWithGlobalNormalization" and draw(st.booleans())
+    nchw = host == "Conv2D" and not half and form != "moments" and form != "BatchNormWithGlobalNormalization" \
+        and not consumer.startswith(("Depthwise", "MaxPool", "AvgPool")) and draw(st.booleans())
     return Spec(
         host=host, bias=draw(st.sampled_from(("none", "BiasAdd", "Add"))) if host != "none" else "none",
         form=form, nchw=nchw, half=half, cin=draw(st.integers(1, 4)), channels=draw(st.integers(1, 7)),
@@ -132,6 +133,9 @@ def _consumer(g: _Graph, spec: Spec, rng, bn: str, dt) -> str:
     if kind == "MatMul":
         w = g.const("w_after", rng.normal(0, 0.5, (c, 3)))
         return g.node("after", "MatMul", read, w, T=dt, transpose_a=False, transpose_b=False)
+    if kind in ("MaxPool", "AvgPool"):
+        read, kind = g.node("pool", kind, read, T=dt, ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1],
+                            padding="SAME", data_format="NHWC"), "Conv2D"  # NCHW pools: oneDNN only
     if kind in ("Pad", "MirrorPad"):
         pads = [[0, 0], [0, 0], [1, 1], [1, 1]] if spec.nchw else [[0, 0], [1, 1], [1, 1], [0, 0]]
         pads = g.const("pads_after", pads, np.int32, read=False)

@@ -43,6 +43,8 @@ def test_rewrite_properties(spec):
     if spec.host == "none" and spec.consumer != "none" and spec.form != "moments" and not spec.bn_side:
         if spec.consumer in PADDING_SEEN and not spec.zero_shift:
             assert planned.reason == "padding", (spec, planned.reason, planned.detail)
+        elif spec.consumer.startswith("MaxPool") and planned.reason == "negative-scale":
+            pass  # a gamma drawn at or below zero
         elif planned.reason != "fold-precision":
             assert (planned.action, planned.direction) == ("fold", "forward"), (spec, planned.detail)
     if spec.bn_side and spec.host == "none":

@@ -13,7 +13,7 @@ CASES = {
     "kws_cnn_s.pb": ({"FusedBatchNorm": 2, "batch_normalization": 1}, 0, {"fold": 3}),
     "pose_hourglass_frozen.pb": ({"FusedBatchNorm": 65}, 0, {"fold": 65}),
     "tfpose_mnv2_small_opt.pb": ({"FusedBatchNorm": 99}, 39, {"fold": 60, "skip": 39}),
-    "sbd_model_v3.pb": ({"FusedBatchNormV3": 10}, 0, {"fold": 7, "skip": 3}),  # forward: 7 feed a Conv2D
+    "sbd_model_v3.pb": ({"FusedBatchNormV3": 10}, 0, {"fold": 10}),  # forward, 3 through a MaxPool
     "tf_graphconstructor_test_bnwgn.pbtxt": ({"BatchNormWithGlobalNormalization": 1}, 0, {"skip": 1}),
     "dl4j_fbn_v3_fp16.pb": ({"FusedBatchNormV3": 1}, 1, {"skip": 1}),
     "dl4j_bn_nhwc_nofused.pb": ({"batch_normalization": 1}, 0, {"fuse": 1}),

@@ -554,9 +554,11 @@ def conv_after(fx, scope, x, cout, k, padding, bias=None, w=None):
     return y
 
 
-def forward_fused(fx, x, channels, eps, version=3, zero_shift=False, **expect):
+def forward_fused(fx, x, channels, eps, version=3, zero_shift=False, positive=False, **expect):
     """FusedBatchNorm* on ``x`` (no host before it); the sidecar entry folds forward."""
     p = fx.bn_params(channels)
+    if positive:  # every channel's scale above zero
+        p.gamma = np.abs(p.gamma)
     if zero_shift:  # untrained statistics: beta = mean = 0, so only the scale is left
         p.beta, p.mean = np.zeros(channels, np.float32), np.zeros(channels, np.float32)
     with tf.name_scope("bn"):
@@ -672,6 +674,40 @@ def _(fx):
     z = forward_fused(fx, relu_input(fx, [None, 3, 2, 5]), 5, 9.35e-3, consumers=["fc1/MatMul"])
     flat = tf.reshape(z, [-1, 3 * 2 * 5], name="flatten/Reshape")
     finish(fx, dense(fx, "fc1", flat, 4, bias="BiasAdd"))
+
+
+@case("fwd_maxpool", "Relu -> FusedBatchNormV3 with positive gammas -> MaxPool 2x2 -> Conv2D "
+      "VALID + BiasAdd: a maximum commutes with a positive scale and a shift, so it folds "
+      "forward through the MaxPool (sbd_model_v3's case, with a shift).")
+def _(fx):
+    z = forward_fused(fx, relu_input(fx, [None, 8, 6, 5]), 5, 9.45e-3, positive=True,
+                      consumers=["conv1/Conv2D"])
+    pooled = tf.nn.max_pool2d(z, 2, 2, "SAME", name="pool/MaxPool")
+    finish(fx, conv_after(fx, "conv1", pooled, 3, 3, "VALID", bias=True))
+
+
+@case("fwd_trap_maxpool_negative", "Relu -> FusedBatchNorm with a negative gamma -> MaxPool -> "
+      "Conv2D VALID: the maximum of a negatively scaled channel is its scaled minimum: refused "
+      "(negative-scale), fused.")
+def _(fx):
+    z = forward_fused(fx, relu_input(fx, [None, 8, 6, 3]), 3, 9.55e-3, version=1, action="fuse",
+                      reason="negative-scale", direction=None, consumers=["conv1/Conv2D"])
+    pooled = tf.nn.max_pool2d(z, 2, 2, "VALID", name="pool/MaxPool")
+    finish(fx, conv_after(fx, "conv1", pooled, 4, 3, "VALID"))
+
+
+@case("fwd_avgpool", "Relu -> tf.nn.batch_normalization -> AvgPool 2x2 SAME -> Conv2D 1x1: an "
+      "average is linear per channel (SAME pooling averages real values only), so it folds "
+      "forward through it.")
+def _(fx):
+    x = relu_input(fx, [None, 7, 6, 4])
+    p = fx.bn_params(4)
+    with tf.name_scope("bn"):
+        z = decomposed_bn(x, fx.param_tensors("bn", p), 9.65e-3)
+    pooled = tf.nn.avg_pool2d(z, 2, 2, "SAME", name="pool/AvgPool")
+    finish(fx, conv_after(fx, "conv1", pooled, 5, 1, "SAME"))
+    fx.expect("batch_normalization", z, x, p, 9.65e-3, None, direction="forward",
+              consumers=["conv1/Conv2D"])
 
 
 # ----- 11. hosts through shape ops, grouped and atrous depthwise convolutions ----------------
