@@ -20,7 +20,7 @@ REL = {"bn_half_cast": 1e-3}
 def test_the_catalogue_is_there():
     assert len(CASES) >= 40, CASES
     prefixes = {name.split("_")[0] for name in CASES}
-    assert {"bnwgn", "fbn", "bn", "formula", "train", "cond", "host", "trap", "neg"} <= prefixes
+    assert {"bnwgn", "fbn", "bn", "formula", "train", "cond", "host", "fwd", "trap", "neg"} <= prefixes
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -81,3 +81,20 @@ def test_the_batch_norms_control_inputs_move_to_its_consumers(builder):
     by_name = {n.name: n for n in rewritten.node}
     assert "^barrier" in by_name["conv/bn_folded/unbiased"].input
     same_outputs(builder.graph, rewritten, ["out"])
+
+
+def test_a_fetched_consumer_keeps_its_value(builder):
+    """The shift merges into the consumer's BiasAdd only where nobody fetches the consumer
+    itself; otherwise a BiasAdd taking the consumer's name restores its value."""
+    relu_bn(builder)
+    conv(builder, "conv", "bn", "w/read")
+    builder.graph.node[-1].attr["padding"].s = b"VALID"
+    builder.const("b", np.arange(4.0))
+    builder.node("biased", "BiasAdd", "conv", "b", T=F32, data_format="NHWC")
+    builder.node("out", "Relu", "biased", T=F32)
+    for outputs, merged in ((["out"], True), (["out", "conv"], False)):
+        rewritten, report = bnrewrite.rewrite(builder.graph, outputs=outputs)
+        assert report.batch_norms[0].direction == "forward"
+        ops = {n.name: n.op for n in rewritten.node}
+        assert ops["conv"] == ("Conv2D" if merged else "BiasAdd"), outputs
+        same_outputs(builder.graph, rewritten, outputs)
