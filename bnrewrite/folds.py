@@ -37,7 +37,8 @@ class Fold:
 
 def backward(finding: Finding, host: HostMatch, shared: list[bool]) -> Fold | str:
     """Fold into the host's output channels, each part (group) by its slice of the scale;
-    a string says why the dtype cannot hold it. `shared`: per part, its weights are."""
+    a string says why the dtype cannot hold it. `shared`: per part, whether other ops read
+    its weights too."""
     scale, offset = finding.params(host.channels).scale_offset()
     bias = folded_bias(host.bias, scale, offset)
     edits, start = [], 0
