@@ -568,16 +568,21 @@ def forward_fused(fx, x, channels, eps, version=3, zero_shift=False, positive=Fa
     return bn.y
 
 
+def forward_decomposed(fx, x, channels, eps, **expect):
+    """tf.nn.batch_normalization on ``x`` (no host before it); the entry folds forward."""
+    p = fx.bn_params(channels)
+    with tf.name_scope("bn"):
+        z = decomposed_bn(x, fx.param_tensors("bn", p), eps)
+    expect.setdefault("direction", "forward")
+    fx.expect("batch_normalization", z, x, p, eps, None, **expect)
+    return z
+
+
 @case("fwd_matmul", "Relu -> tf.nn.batch_normalization -> MatMul + BiasAdd: no host before "
       "it, folds forward into the MatMul's input rows; the shift merges into the BiasAdd.")
 def _(fx):
-    x = relu_input(fx, [None, 9])
-    p = fx.bn_params(9)
-    with tf.name_scope("bn"):
-        z = decomposed_bn(x, fx.param_tensors("bn", p), 1.25e-3)
+    z = forward_decomposed(fx, relu_input(fx, [None, 9]), 9, 1.25e-3, consumers=["fc1/MatMul"])
     finish(fx, dense(fx, "fc1", z, 5, bias="BiasAdd"))
-    fx.expect("batch_normalization", z, x, p, 1.25e-3, None, direction="forward",
-              consumers=["fc1/MatMul"])
 
 
 @case("fwd_conv_valid", "Relu -> FusedBatchNormV3 -> Conv2D 3x3 VALID (no bias): the conv sees "
@@ -640,14 +645,11 @@ def _(fx):
       "a Relu output 'side': the normalised value must survive, so no forward fold "
       "(host-has-other-consumers); fused.")
 def _(fx):
-    x = relu_input(fx, [None, 6, 7, 4])
-    p = fx.bn_params(4)
-    with tf.name_scope("bn"):
-        z = decomposed_bn(x, fx.param_tensors("bn", p), 8.95e-3)
+    z = forward_decomposed(fx, relu_input(fx, [None, 6, 7, 4]), 4, 8.95e-3, action="fuse",
+                           reason="host-has-other-consumers", direction=None,
+                           consumers=["conv1/Conv2D"])
     finish(fx, conv_after(fx, "conv1", z, 5, 3, "VALID"))
     finish(fx, z, "side")
-    fx.expect("batch_normalization", z, x, p, 8.95e-3, None, action="fuse",
-              reason="host-has-other-consumers", direction=None, consumers=["conv1/Conv2D"])
 
 
 @case("fwd_mirror_pad", "Relu -> FusedBatchNormV3 -> MirrorPad (REFLECT) -> Conv2D 3x3 VALID: "
@@ -700,14 +702,10 @@ def _(fx):
       "average is linear per channel (SAME pooling averages real values only), so it folds "
       "forward through it.")
 def _(fx):
-    x = relu_input(fx, [None, 7, 6, 4])
-    p = fx.bn_params(4)
-    with tf.name_scope("bn"):
-        z = decomposed_bn(x, fx.param_tensors("bn", p), 9.65e-3)
+    z = forward_decomposed(fx, relu_input(fx, [None, 7, 6, 4]), 4, 9.65e-3,
+                           consumers=["conv1/Conv2D"])
     pooled = tf.nn.avg_pool2d(z, 2, 2, "SAME", name="pool/AvgPool")
     finish(fx, conv_after(fx, "conv1", pooled, 5, 1, "SAME"))
-    fx.expect("batch_normalization", z, x, p, 9.65e-3, None, direction="forward",
-              consumers=["conv1/Conv2D"])
 
 
 # ----- 11. hosts through shape ops, grouped and atrous depthwise convolutions ----------------
