@@ -2,45 +2,140 @@
 
 TensorFlow aborts the whole process on some malformed graphs (a C++ CHECK failure,
 signal 6), and writes its C++ logs straight to file descriptor 2. Both stay in a
-child: `python -m bnrewrite.tfrun` serves run requests over its stdin/stdout, with its
+child: `python -m bnrewrite.tfrun` serves requests over its stdin/stdout, with its
 stderr discarded. The worker is started on first use and kept for later calls (one
 TensorFlow import per process); if it dies, the call raises CannotVerifyError and the
 next call starts a new one.
+
+A graph is untrusted code (DESIGN §5), so the worker is fenced in: its own session (a
+timeout kills it whole), an empty temporary working directory (removed when it ends),
+an environment without credentials, and a cap on its data segment (RLIMIT_DATA, not
+RLIMIT_AS: TensorFlow reserves address space per thread, so with 128 threads it held
+3.2 GB of address space for 0.65 GB resident and aborted under a 2 GiB RLIMIT_AS, while
+RLIMIT_DATA counted 1.5 GB and let it run; a graph asking for more than the cap gets
+TensorFlow's ResourceExhaustedError, not the OOM killer).
 """
 from __future__ import annotations
 
 import atexit
+import fnmatch
 import os
 import pickle
+import resource
+import select
+import shutil
+import signal
 import struct
 import subprocess
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, Mapping, Sequence
 
 import numpy as np
 
 from . import names
-from .errors import CannotVerifyError
+from .errors import CannotVerifyError, VerifyMemoryLimit, VerifyTimeout
 
-_worker: subprocess.Popen | None = None
+# Environment variables a graph has no business reading (fnmatch, on the upper-cased name).
+CREDENTIALS = ("AWS_*", "AZURE_*", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_*CREDENTIALS*", "CLOUDSDK_*",
+               "*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*_KEY", "*_KEY_*", "*APIKEY*", "*CREDENTIAL*",
+               "SSH_AUTH_SOCK", "NETRC", "KUBECONFIG")
+STARTUP_TIMEOUT = 300.0  # importing TensorFlow: ~3 s here, much more on a loaded machine
+DEFAULT_MEMORY_FRACTION = 0.5  # of the machine's physical memory
 
 
-def run(graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class Limits:
+    """What one run of a graph may take: seconds (worker start-up not counted) and
+    bytes of data segment for the worker."""
+    timeout: float
+    max_memory: int
+
+
+def default_max_memory() -> int:
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * DEFAULT_MEMORY_FRACTION)
+
+
+def describe_size(size: int) -> str:
+    return f"{size / (1 << 30):.3g} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.3g} MiB"
+
+
+class _Worker:
+    def __init__(self, max_memory: int) -> None:
+        self.max_memory = max_memory
+        self.directory = tempfile.mkdtemp(prefix="bnrewrite-worker-")
+        env = {k: v for k, v in os.environ.items() if not _is_credential(k)}
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        # The working directory is empty, so the package must be found from where it is.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                          env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bnrewrite.tfrun", str(max_memory)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.directory, env=env,
+            start_new_session=True)
+        self.ready = False
+
+    def ask(self, request: tuple, timeout: float) -> Any:
+        """Send `request` and wait at most `timeout` seconds for the reply (TimeoutError),
+        after waiting for the worker's start-up; EOFError or BrokenPipeError if it died."""
+        if not self.ready:
+            try:
+                _receive(self.process.stdout.fileno(), time.monotonic() + STARTUP_TIMEOUT)
+            except TimeoutError:
+                raise EOFError from None
+            self.ready = True
+        _send(self.process.stdin, request)
+        return _receive(self.process.stdout.fileno(), time.monotonic() + timeout)
+
+    def stop(self) -> int:
+        """End the worker and anything it started; remove its directory."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        code = self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        return code
+
+
+_worker: _Worker | None = None
+
+
+def run(graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Sequence[str], limits: Limits) -> list[np.ndarray]:
     """Outputs `fetches` of the serialized GraphDef `graph`, fed `feeds`."""
+    return _ask(("run", graph, dict(feeds), list(fetches)), limits)
+
+
+def stateful(ops: Sequence[str], limits: Limits) -> set[str]:
+    """The ops of `ops` that TensorFlow's live op registry marks stateful."""
+    return _ask(("stateful", list(ops)), limits)
+
+
+def _ask(request: tuple, limits: Limits) -> Any:
     global _worker
-    if _worker is None or _worker.poll() is not None:
-        _worker = subprocess.Popen([sys.executable, "-m", "bnrewrite.tfrun"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    try:
-        _send(_worker.stdin, (graph, dict(feeds), list(fetches)))
-        status, payload = _receive(_worker.stdout)
-    except (BrokenPipeError, EOFError, struct.error):
-        code = _worker.wait()
+    if _worker is not None and (_worker.process.poll() is not None or _worker.max_memory != limits.max_memory):
+        _worker.stop()
         _worker = None
+    if _worker is None:
+        _worker = _Worker(limits.max_memory)
+    try:
+        status, payload = _worker.ask(request, limits.timeout)
+    except (TimeoutError, EOFError, BrokenPipeError, struct.error) as error:
+        started, code = _worker.ready, _worker.stop()
+        _worker = None
+        if isinstance(error, TimeoutError):
+            raise VerifyTimeout(f"the graph ran longer than the {limits.timeout:g} s time limit and was "
+                                "stopped (--timeout SECONDS raises it)") from None
         what = f"signal {-code}" if code < 0 else f"exit {code}"
+        if not started:
+            raise CannotVerifyError(f"the TensorFlow worker did not start ({what}, memory limit "
+                                    f"{describe_size(limits.max_memory)})") from None
         raise CannotVerifyError(f"TensorFlow crashed ({what}) running the graph"
                                 " (--no-verify skips the check)") from None
+    if status == "memory":
+        raise VerifyMemoryLimit(f"the graph needs more memory than the worker's {describe_size(limits.max_memory)} "
+                                f"limit ({payload}; --max-memory SIZE raises it)")
     if status != "ok":
         raise CannotVerifyError(f"TensorFlow cannot run the graph: {payload} (--no-verify skips the check)")
     return payload
@@ -48,9 +143,17 @@ def run(graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -
 
 @atexit.register
 def _stop() -> None:
-    if _worker is not None and _worker.poll() is None:
-        _worker.stdin.close()
-        _worker.wait(timeout=10)
+    if _worker is not None:
+        _worker.process.stdin.close()
+        try:
+            _worker.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        _worker.stop()
+
+
+def _is_credential(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name.upper(), pattern) for pattern in CREDENTIALS)
 
 
 def _send(pipe: BinaryIO, message: Any) -> None:
@@ -59,15 +162,24 @@ def _send(pipe: BinaryIO, message: Any) -> None:
     pipe.flush()
 
 
-def _receive(pipe: BinaryIO) -> Any:
-    header = pipe.read(8)
-    if len(header) < 8:
-        raise EOFError
-    (size,) = struct.unpack("<Q", header)
-    data = pipe.read(size)
-    if len(data) < size:
-        raise EOFError
-    return pickle.loads(data)
+def _receive(fd: int, deadline: float | None = None) -> Any:
+    """One message from file descriptor `fd`; TimeoutError after `deadline` (monotonic)."""
+    (size,) = struct.unpack("<Q", _read(fd, 8, deadline))
+    return pickle.loads(_read(fd, size, deadline))
+
+
+def _read(fd: int, size: int, deadline: float | None) -> bytes:
+    chunks, missing = [], size
+    while missing:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not select.select([fd], [], [], wait)[0]:
+            raise TimeoutError
+        chunk = os.read(fd, min(missing, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        missing -= len(chunk)
+    return b"".join(chunks)
 
 
 def _execute(tf: Any, graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list:
@@ -78,23 +190,35 @@ def _execute(tf: Any, graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Se
             return session.run([tensor(n) for n in fetches], {tensor(k): v for k, v in feeds.items()})
 
 
+def _stateful(ops: Sequence[str]) -> set[str]:
+    from tensorflow.python.framework import op_def_registry
+
+    return {op for op in ops if getattr(op_def_registry.get(op), "is_stateful", False)}
+
+
 def _full_name(name: str) -> str:
     """TensorFlow's lookup wants "node:0" where GraphDefs write "node"."""
     ref = names.parse(name)
     return f"{ref.node}:{ref.index}"
 
 
-def _serve() -> None:
+def _serve(max_memory: int) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = max_memory if hard == resource.RLIM_INFINITY else min(max_memory, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
     import tensorflow as tf
 
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout = sys.stdout.buffer
+    _send(stdout, "ready")
     while True:
         try:
-            graph, feeds, fetches = _receive(stdin)
+            kind, *request = _receive(sys.stdin.fileno())
         except EOFError:
             return
         try:
-            reply = ("ok", _execute(tf, graph, feeds, fetches))
+            reply = ("ok", _execute(tf, *request) if kind == "run" else _stateful(*request))
+        except (MemoryError, tf.errors.ResourceExhaustedError) as error:
+            reply = ("memory", type(error).__name__)
         except (ValueError, TypeError, KeyError, tf.errors.OpError) as error:
             message = (getattr(error, "message", None) or str(error)).strip()
             reply = ("error", message.splitlines()[0] if message else type(error).__name__)
@@ -102,4 +226,4 @@ def _serve() -> None:
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(int(sys.argv[1]))
