@@ -166,8 +166,8 @@ def _audit(args: argparse.Namespace) -> int:
                 report.probe = [asdict(p) for p in probe(graph, options)]
                 report.trusted = unchecked(graph, list(args.outputs) or report.graph.outputs, options)
             reports.append(report)
-        except BnRewriteError as error:
-            status = max(status, _complain(error))
+        except BnRewriteError as error:  # the probe's errors learn which file they are about
+            status = max(status, _complain(error if error.path else type(error)(error.problem, str(path))))
     if reports:
         print(to_json(reports) if args.format == "json" else
               "\n\n".join(report.to_text() for report in reports))
