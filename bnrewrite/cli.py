@@ -164,7 +164,7 @@ def _audit(args: argparse.Namespace) -> int:
                 _progress(args, f"probing {path} in TensorFlow")
                 options = _options(args)
                 report.probe = [asdict(p) for p in probe(graph, options)]
-                report.trusted = unchecked(graph, list(args.outputs) or report.graph.outputs, options)
+                report.trusted = unchecked([graph], list(args.outputs) or report.graph.outputs, options)
             reports.append(report)
         except BnRewriteError as error:  # the probe's errors learn which file they are about
             status = max(status, _complain(error if error.path else type(error)(error.problem, str(path))))

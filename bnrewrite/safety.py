@@ -30,7 +30,7 @@ REFUSED = {
                                     "LoadAndRemapMatrix"),
     "calls Python": ("PyFunc", "PyFuncStateless", "EagerPyFunc"),
     "writes summaries": ("*Summary*",),
-    "prints (PrintV2 can print to a file)": ("Print", "PrintV2"),
+    "prints (PrintV2 can print to a file)": ("PrintV2",),
     "debug dumps": ("Debug*", "Copy", "CopyHost"),  # Copy*: debug_ops_spec URLs
     "runs an input pipeline": ("*Dataset*", "*Iterator*"),
     "talks to other processes": ("*Rpc*", "_Send", "_Recv", "_HostSend", "_HostRecv", "Collective*"),
@@ -41,6 +41,7 @@ HARMLESS = {
                        "RandomPoissonV2", "Multinomial", "RandomCrop"),
     "inputs and checks": ("Placeholder", "PlaceholderV2", "PlaceholderWithDefault", "NoOp",
                           "ControlTrigger", "Assert", "CheckNumerics", "CheckNumericsV2"),
+    "logs to the worker's stderr (discarded)": ("Print",),  # tf.Print, left inline in old graphs
     "v1 control flow": ("Enter", "RefEnter", "Exit", "RefExit", "NextIteration", "RefNextIteration",
                         "LoopCond", "Switch", "RefSwitch", "Merge", "RefMerge"),
     "in-memory arrays": ("TensorArray*", "Stack", "StackV2", "StackPush", "StackPushV2", "StackPop",

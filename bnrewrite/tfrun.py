@@ -7,13 +7,14 @@ stderr discarded. The worker is started on first use and kept for later calls (o
 TensorFlow import per process); if it dies, the call raises CannotVerifyError and the
 next call starts a new one.
 
-A graph is untrusted code (DESIGN §5), so the worker is fenced in: its own session (a
-timeout kills it whole), an empty temporary working directory (removed when it ends),
-an environment without credentials, and a cap on its data segment (RLIMIT_DATA, not
-RLIMIT_AS: TensorFlow reserves address space per thread, so with 128 threads it held
-3.2 GB of address space for 0.65 GB resident and aborted under a 2 GiB RLIMIT_AS, while
-RLIMIT_DATA counted 1.5 GB and let it run; a graph asking for more than the cap gets
-TensorFlow's ResourceExhaustedError, not the OOM killer).
+A graph is untrusted code (DESIGN §5), so the worker is fenced in: it is killed when a
+run outlives its time limit and ends when its parent does; it starts in an empty temporary
+working directory (removed when it ends), without credentials in its environment, and
+with its data segment capped (RLIMIT_DATA, not RLIMIT_AS: TensorFlow reserves address
+space per thread; with 128 threads it held 3.2 GB of address space for 0.65 GB resident
+and aborted under a 2 GiB RLIMIT_AS, while RLIMIT_DATA counted 1.5 GB and let it run). A
+graph asking for more than the cap gets TensorFlow's ResourceExhaustedError, not the OOM
+killer.
 """
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ import pickle
 import resource
 import select
 import shutil
-import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ def default_max_memory() -> int:
     return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * DEFAULT_MEMORY_FRACTION)
 
 
-def describe_size(size: int) -> str:
+def _size_text(size: int) -> str:
     return f"{size / (1 << 30):.3g} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.3g} MiB"
 
 
@@ -74,8 +75,7 @@ class _Worker:
                                                           env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bnrewrite.tfrun", str(max_memory)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.directory, env=env,
-            start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.directory, env=env)
         self.ready = False
 
     def ask(self, request: tuple, timeout: float) -> Any:
@@ -91,9 +91,9 @@ class _Worker:
         return _receive(self.process.stdout.fileno(), time.monotonic() + timeout)
 
     def stop(self) -> int:
-        """End the worker and anything it started; remove its directory."""
+        """End the worker (nothing to save in it) and remove its directory."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.kill()
         code = self.process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
         return code
@@ -130,11 +130,11 @@ def _ask(request: tuple, limits: Limits) -> Any:
         what = f"signal {-code}" if code < 0 else f"exit {code}"
         if not started:
             raise CannotVerifyError(f"the TensorFlow worker did not start ({what}, memory limit "
-                                    f"{describe_size(limits.max_memory)})") from None
+                                    f"{_size_text(limits.max_memory)})") from None
         raise CannotVerifyError(f"TensorFlow crashed ({what}) running the graph"
                                 " (--no-verify skips the check)") from None
     if status == "memory":
-        raise VerifyMemoryLimit(f"the graph needs more memory than the worker's {describe_size(limits.max_memory)} "
+        raise VerifyMemoryLimit(f"the graph needs more memory than the worker's {_size_text(limits.max_memory)} "
                                 f"limit ({payload}; --max-memory SIZE raises it)")
     if status != "ok":
         raise CannotVerifyError(f"TensorFlow cannot run the graph: {payload} (--no-verify skips the check)")
@@ -144,11 +144,6 @@ def _ask(request: tuple, limits: Limits) -> Any:
 @atexit.register
 def _stop() -> None:
     if _worker is not None:
-        _worker.process.stdin.close()
-        try:
-            _worker.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
         _worker.stop()
 
 
@@ -202,7 +197,17 @@ def _full_name(name: str) -> str:
     return f"{ref.node}:{ref.index}"
 
 
+def _orphaned(parent: int) -> None:
+    """A graph in an endless loop never reads its stdin's end: end with the parent, and
+    remove the working directory it would have removed."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    shutil.rmtree(os.getcwd(), ignore_errors=True)
+    os._exit(1)
+
+
 def _serve(max_memory: int) -> None:
+    threading.Thread(target=_orphaned, args=(os.getppid(),), daemon=True).start()
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     cap = max_memory if hard == resource.RLIM_INFINITY else min(max_memory, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))

@@ -160,19 +160,21 @@ def checked(graph_def: Any, fetches: Sequence[str], options: Options = Options()
     return graph.SerializeToString(deterministic=True)
 
 
-def unchecked(graph_def: Any, fetches: Sequence[str], options: Options) -> list[str] | None:
-    """With --trust-graph, the side-effect ops that run unchecked; None without it."""
+def unchecked(graphs: Sequence[Any], fetches: Sequence[str], options: Options) -> list[str] | None:
+    """With --trust-graph, the side-effect ops that run unchecked in `graphs`; None without it."""
     if not options.trust_graph:
         return None
-    return sorted({e.op for e in safety.side_effects(graphio.to_internal(graph_def), fetches)
+    return sorted({e.op for graph in graphs for e in safety.side_effects(graphio.to_internal(graph), fetches)
                    if e.runs and e.verdict != safety.ALLOWED})
 
 
 def limits(graph_def: Any, options: Options) -> tfrun.Limits:
     """The limits of one run: as given, or BASE_TIMEOUT + TIMEOUT_PER_NODE x nodes and
     tfrun's share of the machine's memory."""
-    timeout = options.timeout or BASE_TIMEOUT + TIMEOUT_PER_NODE * len(graphio.to_internal(graph_def).node)
-    return tfrun.Limits(timeout, options.max_memory or tfrun.default_max_memory())
+    timeout = options.timeout
+    if timeout is None:
+        timeout = BASE_TIMEOUT + TIMEOUT_PER_NODE * len(graphio.to_internal(graph_def).node)
+    return tfrun.Limits(timeout, tfrun.default_max_memory() if options.max_memory is None else options.max_memory)
 
 
 def compare(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float | None = None,
@@ -221,7 +223,7 @@ def verify(original: Any, rewritten: Any, options: Options = Options(),
     actual = run_rewritten(feeds, fetches)
     result = Verification({k: list(np.shape(v)) for k, v in feeds.items()},
                           lowered_producer=runnable(original)[1],
-                          trusted=unchecked(original, fetches, options))
+                          trusted=unchecked([original, rewritten], fetches, options))
     result.outputs = [compare(name, e, a, options.rtol, options.atol)
                       for name, e, a in zip(fetches, expected, actual)]
     if not result.passed and traced:

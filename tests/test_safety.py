@@ -16,7 +16,7 @@ from bnrewrite.verify import run
     ("PyFuncStateless", "refused"), ("ScalarSummary", "refused"), ("DebugIdentity", "refused"),
     ("TFRecordDataset", "refused"), ("PrintV2", "refused"), ("RestoreV2", "refused"),
     ("WriteFile", "refused"), ("VarHandleOp", "refused"), ("Timestamp", "refused"),
-    ("RandomUniform", "allowed"), ("Assert", "allowed"), ("TensorArrayV3", "allowed"),
+    ("RandomUniform", "allowed"), ("Assert", "allowed"), ("Print", "allowed"), ("TensorArrayV3", "allowed"),
     ("StatefulPartitionedCall", "allowed"), ("NoSuchOp", "unknown"),
 ])
 def test_verdicts(op, expected) -> None:

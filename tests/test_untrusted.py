@@ -53,7 +53,9 @@ def test_side_effect_ops_are_refused(name, command, tmp_path, monkeypatch, capsy
     out = tmp_path / "out.pb"
     target = tmp_path / "target.txt"
     feeds = ["--inputs", "x", "target", "--feed", f"target={target}"] if name == "hostile_write_file" else []
+    before = (HOSTILE / f"{name}.pb").read_bytes()
     assert cli.main(commands(name, out)[command] + feeds) == 2
+    assert (HOSTILE / f"{name}.pb").read_bytes() == before
     line = one_line_error(capsys)
     (op,) = sidecar(name)["hostile"]["ops"]
     node = {"WriteFile": "write", "ReadFile": "read", "PyFunc": "callback"}[op]
@@ -71,7 +73,9 @@ def test_refusal_comes_before_feeds_are_made(capsys) -> None:
 @pytest.mark.parametrize("command", ["rewrite", "verify", "probe"])
 def test_endless_loop_stops_at_the_time_limit(command, tmp_path, capsys) -> None:
     out = tmp_path / "out.pb"
+    before = (HOSTILE / "hostile_endless_loop.pb").read_bytes()
     assert cli.main(commands("hostile_endless_loop", out)[command] + ["--timeout", "2"]) == 2
+    assert (HOSTILE / "hostile_endless_loop.pb").read_bytes() == before
     line = one_line_error(capsys)
     assert "longer than the 2 s time limit" in line and "--timeout SECONDS raises it" in line
     assert not out.exists()
@@ -114,6 +118,13 @@ def test_trust_graph_runs_the_write(tmp_path, capsys) -> None:
     report = json.loads(capsys.readouterr().out)
     assert report["verification"]["trusted"] == ["WriteFile"]
     assert target.read_text() == "written by a graph" and out.exists()
+    target.unlink()
+    probe = commands("hostile_write_file", out)["probe"] + ["--trust-graph", "--inputs", "x", "target",
+                                                            "--feed", f"target={target}"]
+    assert cli.main(probe) == 0
+    text = capsys.readouterr().out
+    assert "--trust-graph: ran without the side-effect check (side-effect ops: WriteFile)" in text
+    assert "probe: out moves by up to 0 " in text and target.exists()
 
 
 def test_trusted_graph_runs_in_an_empty_directory_without_credentials(tmp_path, monkeypatch) -> None:
@@ -154,8 +165,7 @@ def test_audit_lists_side_effects(capsys) -> None:
     assert reports["hostile_write_file"] == [{"op": "WriteFile", "nodes": ["write"], "verdict": "refused",
                                               "why": "reads or writes files", "runs": True}]
     assert reports["hostile_endless_loop"] == reports["hostile_memory_bomb"] == []
-    # Assert builds an If whose branch functions hold the Assert: their bodies are checked too
     assert {(e["op"], e["verdict"]) for e in reports["control_harmless_stateful"]} == {
-        ("Assert", "allowed"), ("If", "allowed"), ("RandomUniform", "allowed")}
+        ("Assert", "allowed"), ("RandomUniform", "allowed")}
     assert cli.main(["audit", str(HOSTILE / "hostile_read_file.pb")]) == 0
     assert "side effect: ReadFile (read) reads or writes files: verification refuses" in capsys.readouterr().out
