@@ -2,7 +2,7 @@
 
 Before any graph is run, every op the fetched outputs depend on (through data and control
 edges, and inside the function-library bodies those ops call) gets a verdict, from data:
-- REFUSED patterns first: ops that reach outside the process (files, Python, logs,
+- REFUSED patterns first: ops that reach outside the process (files, Python, summaries,
   checkpoints, debug dumps, input pipelines, the network), whatever TensorFlow's op
   registry says: ReadFile and MatchingFiles, for one, are not marked stateful there;
 - then TensorFlow's op registry (data/op_registry.json, written by tools/make_op_registry.py,
@@ -91,12 +91,13 @@ def verdict(op: str) -> tuple[str, str] | None:
 def side_effects(graph: Any, outputs: Sequence[str]) -> list[SideEffect]:
     """Every op in `graph` (and its function library) that is not pure, marked with
     whether `outputs` depend on it."""
-    running = {(scope, node.name) for scope, node in _reached(graph, outputs)}
     functions = {f.signature.name for f in graph.library.function}
+    found = [(scope, node) for scope, node in _all_nodes(graph)
+             if node.op not in functions and verdict(node.op) is not None]
+    running = {(scope, node.name) for scope, node in _reached(graph, outputs)} if found else set()
     grouped: dict[tuple[str, bool], list[str]] = {}
-    for scope, node in _all_nodes(graph):
-        if node.op not in functions and verdict(node.op) is not None:
-            grouped.setdefault((node.op, (scope, node.name) in running), []).append(_label(scope, node))
+    for scope, node in found:
+        grouped.setdefault((node.op, (scope, node.name) in running), []).append(_label(scope, node))
     return [SideEffect(op, tuple(nodes), *verdict(op), runs) for (op, runs), nodes in sorted(grouped.items())]
 
 

@@ -19,7 +19,8 @@ Exit 1 (verification failed on a graph TensorFlow runs) is also recorded as a fi
 Untrusted graphs (m_side_effect adds a WriteFile, ReadFile, PyFunc or PrintV2 the outputs
 depend on): a verified rewrite must refuse them (exit 0 is `unsafe-ran`), and the file the
 WriteFile names (WRITTEN) must never appear (`graph-wrote-file`); a run past the verified
-rewrite's own --timeout (a third of --timeout here) or memory limit must end in exit 2.
+rewrite's own time limit (`--timeout 20`, a third of the fuzzer's default 60 s per command)
+or memory limit must end in exit 2, not a hang.
 Every distinct signature is minimised (greedy deletion of nodes, attrs and inputs, or of
 byte ranges) and saved to --out (default fixtures/fuzz) as crash_<sig>.pb + .json;
 tests/test_fuzz_regressions.py replays them. Case i depends only on (--seed, i).
