@@ -22,8 +22,6 @@ import atexit
 import fnmatch
 import os
 import pickle
-import resource
-import select
 import shutil
 import struct
 import subprocess
@@ -33,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -77,18 +75,28 @@ class _Worker:
             [sys.executable, "-m", "bnrewrite.tfrun", str(max_memory)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.directory, env=env)
         self.ready = False
+        self.expired = False  # killed by its timer: the run outlived its time limit
 
     def ask(self, request: tuple, timeout: float) -> Any:
-        """Send `request` and wait at most `timeout` seconds for the reply (TimeoutError),
-        after waiting for the worker's start-up; EOFError or BrokenPipeError if it died."""
+        """Send `request`, wait for the reply. A timer kills the worker when the start-up
+        or the run outlives its limit (then `self.expired`, and the read ends in EOFError)."""
         if not self.ready:
-            try:
-                _receive(self.process.stdout.fileno(), time.monotonic() + STARTUP_TIMEOUT)
-            except TimeoutError:
-                raise EOFError from None
+            self._within(STARTUP_TIMEOUT, lambda: _receive(self.process.stdout))
             self.ready = True
         _send(self.process.stdin, request)
-        return _receive(self.process.stdout.fileno(), time.monotonic() + timeout)
+        return self._within(timeout, lambda: _receive(self.process.stdout))
+
+    def _within(self, seconds: float, read: Callable[[], Any]) -> Any:
+        timer = threading.Timer(seconds, self._expire)
+        timer.start()
+        try:
+            return read()
+        finally:
+            timer.cancel()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.process.kill()
 
     def stop(self) -> int:
         """End the worker (nothing to save in it) and remove its directory."""
@@ -121,16 +129,16 @@ def _ask(request: tuple, limits: Limits) -> Any:
         _worker = _Worker(limits.max_memory)
     try:
         status, payload = _worker.ask(request, limits.timeout)
-    except (TimeoutError, EOFError, BrokenPipeError, struct.error) as error:
-        started, code = _worker.ready, _worker.stop()
+    except (EOFError, BrokenPipeError, struct.error):
+        started, expired, code = _worker.ready, _worker.expired, _worker.stop()
         _worker = None
-        if isinstance(error, TimeoutError):
-            raise VerifyTimeout(f"the graph ran longer than the {limits.timeout:g} s time limit and was "
-                                "stopped (--timeout SECONDS raises it)") from None
         what = f"signal {-code}" if code < 0 else f"exit {code}"
         if not started:
             raise CannotVerifyError(f"the TensorFlow worker did not start ({what}, memory limit "
                                     f"{_size_text(limits.max_memory)})") from None
+        if expired:
+            raise VerifyTimeout(f"the graph ran longer than the {limits.timeout:g} s time limit and was "
+                                "stopped (--timeout SECONDS raises it)") from None
         raise CannotVerifyError(f"TensorFlow crashed ({what}) running the graph"
                                 " (--no-verify skips the check)") from None
     if status == "memory":
@@ -157,24 +165,15 @@ def _send(pipe: BinaryIO, message: Any) -> None:
     pipe.flush()
 
 
-def _receive(fd: int, deadline: float | None = None) -> Any:
-    """One message from file descriptor `fd`; TimeoutError after `deadline` (monotonic)."""
-    (size,) = struct.unpack("<Q", _read(fd, 8, deadline))
-    return pickle.loads(_read(fd, size, deadline))
-
-
-def _read(fd: int, size: int, deadline: float | None) -> bytes:
-    chunks, missing = [], size
-    while missing:
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not select.select([fd], [], [], wait)[0]:
-            raise TimeoutError
-        chunk = os.read(fd, min(missing, 1 << 20))
-        if not chunk:
-            raise EOFError
-        chunks.append(chunk)
-        missing -= len(chunk)
-    return b"".join(chunks)
+def _receive(pipe: BinaryIO) -> Any:
+    header = pipe.read(8)
+    if len(header) < 8:
+        raise EOFError
+    (size,) = struct.unpack("<Q", header)
+    data = pipe.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)
 
 
 def _execute(tf: Any, graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list:
@@ -207,6 +206,8 @@ def _orphaned(parent: int) -> None:
 
 
 def _serve(max_memory: int) -> None:
+    import resource  # POSIX only, as the cap is
+
     threading.Thread(target=_orphaned, args=(os.getppid(),), daemon=True).start()
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     cap = max_memory if hard == resource.RLIM_INFINITY else min(max_memory, hard)
@@ -217,7 +218,7 @@ def _serve(max_memory: int) -> None:
     _send(stdout, "ready")
     while True:
         try:
-            kind, *request = _receive(sys.stdin.fileno())
+            kind, *request = _receive(sys.stdin.buffer)
         except EOFError:
             return
         try:
