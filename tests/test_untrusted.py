@@ -169,3 +169,16 @@ def test_audit_lists_side_effects(capsys) -> None:
         ("Assert", "allowed"), ("RandomUniform", "allowed")}
     assert cli.main(["audit", str(HOSTILE / "hostile_read_file.pb")]) == 0
     assert "side effect: ReadFile (read) reads or writes files: verification refuses" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, size", [("4G", 4 << 30), ("512M", 512 << 20), ("1.5GiB", 3 << 29),
+                                        ("2048", 2048), ("64kb", 64 << 10)])
+def test_memory_sizes(text, size) -> None:
+    assert cli._size(text) == size
+
+
+@pytest.mark.parametrize("flag", [["--max-memory", "lots"], ["--max-memory", "0"], ["--timeout", "-3"],
+                                  ["--timeout", "nan"]])
+def test_bad_limits_are_usage_errors(flag, capsys) -> None:
+    assert cli.main(["verify", "a.pb", "b.pb", *flag]) == 2
+    assert f"argument {flag[0]}: wants a " in capsys.readouterr().err
