@@ -16,11 +16,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from . import graphio, names, validate
+from . import graphio, names, safety, validate
 from . import rewrite as _rewrite
 from . import verify as _verify
 from .errors import (BnRewriteError, CannotVerifyError, GraphLoadError, InvalidGraphError,
-                     VerificationError)
+                     UnsafeGraphError, VerificationError, VerifyMemoryLimit, VerifyTimeout)
 from .graphio import load_graph, save_graph
 from .plan import make_plan
 from .index import GraphIndex
@@ -30,22 +30,23 @@ from .report import AuditReport, BatchNormEntry, GraphInfo, RewriteReport, entry
 
 __all__ = [
     "AuditReport", "BatchNormEntry", "BnRewriteError", "CannotVerifyError", "GraphInfo", "GraphLoadError",
-    "InvalidGraphError", "RewriteReport", "Verification", "VerificationError", "VerifyOptions", "audit",
-    "load_graph", "rewrite", "save_graph", "verify",
+    "InvalidGraphError", "RewriteReport", "UnsafeGraphError", "Verification", "VerificationError",
+    "VerifyMemoryLimit", "VerifyOptions", "VerifyTimeout", "audit", "load_graph", "rewrite", "save_graph", "verify",
 ]
 __version__ = "0.1.0"
 
 
 def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = ()) -> AuditReport:
     """Every batch norm in `graph_def`, its form and parameters, and what the rewrite
-    (given the same `outputs`) will do with it and why. `path` only labels the report
-    and error messages."""
+    (given the same `outputs`) will do with it and why; and the ops with side effects
+    that verification would refuse to run. `path` only labels the report and error messages."""
     with _boundary(path):
         graph = graphio.to_internal(graph_def)
         index = validate.check(graph, path, outputs)
         info = _info(graph, index, path)
         decisions = make_plan(index, "fold", _fetched(info, outputs))
-        return AuditReport(info, [entry(decision) for decision in decisions])
+        return AuditReport(info, [entry(decision) for decision in decisions],
+                           side_effects=safety.side_effects(graph, list(outputs) or info.outputs))
 
 
 def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),

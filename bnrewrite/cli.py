@@ -15,7 +15,7 @@ import numpy as np
 from . import __version__, audit, load_graph, rewrite, save_graph, verify
 from .errors import BnRewriteError, CannotVerifyError, GraphLoadError
 from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, AuditReport, exit_code, to_json
-from .verify import DEFAULT_BATCH, Options, probe
+from .verify import BASE_TIMEOUT, DEFAULT_BATCH, TIMEOUT_PER_NODE, Options, probe, unchecked
 
 GRAPH_SUFFIXES = (".pb", ".pbtxt")
 
@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="run each graph in TensorFlow: how much does a sample's output change when "
                           "it runs alone instead of in a batch (frozen training-mode batch norms)")
     _feed_flags(cmd)
+    _limit_flags(cmd)
     cmd.set_defaults(run=_audit)
 
     cmd = commands.add_parser(
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--format", choices=("text", "json"), default="text")
     _feed_flags(cmd)
     _tolerance_flags(cmd)
+    _limit_flags(cmd)
     cmd.set_defaults(run=_rewrite)
 
     cmd = commands.add_parser(
@@ -86,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--format", choices=("text", "json"), default="text")
     _feed_flags(cmd)
     _tolerance_flags(cmd)
+    _limit_flags(cmd)
     cmd.set_defaults(run=_verify)
     return parser
 
@@ -110,6 +113,44 @@ def _tolerance_flags(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--atol", type=float, help="absolute tolerance (default: by dtype)")
 
 
+def _limit_flags(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--trust-graph", action="store_true",
+                     help="run the graph even if it holds ops with side effects (files, Python, ...): "
+                          "only for graphs you trust")
+    cmd.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                     help=f"time limit per run of a graph (default {BASE_TIMEOUT:g} s + "
+                          f"{TIMEOUT_PER_NODE:g} s per node)")
+    cmd.add_argument("--max-memory", type=_size, metavar="SIZE",
+                     help="memory limit of the TensorFlow worker, e.g. 4G or 512M "
+                          "(default: half the machine's memory)")
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"wants a positive number of seconds, got '{value}'")
+    return seconds
+
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(value: str) -> int:
+    """Bytes from "4G", "512M", "1.5GiB" or a plain number."""
+    number = value.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1:] if number[-1:] in SIZE_UNITS else ""
+    try:
+        size = float(number.removesuffix(unit)) * SIZE_UNITS[unit]
+    except ValueError:
+        size = 0.0
+    if not 1 <= size < float("inf"):
+        raise argparse.ArgumentTypeError(f"wants a size such as 4G or 512M, got '{value}'")
+    return int(size)
+
+
 def _audit(args: argparse.Namespace) -> int:
     reports: list[AuditReport] = []
     status = EXIT_OK
@@ -121,10 +162,12 @@ def _audit(args: argparse.Namespace) -> int:
             report = audit(graph, str(path), args.outputs)
             if args.probe:
                 _progress(args, f"probing {path} in TensorFlow")
-                report.probe = [asdict(p) for p in probe(graph, _options(args))]
+                options = _options(args)
+                report.probe = [asdict(p) for p in probe(graph, options)]
+                report.trusted = unchecked([graph], list(args.outputs) or report.graph.outputs, options)
             reports.append(report)
-        except BnRewriteError as error:
-            status = max(status, _complain(error))
+        except BnRewriteError as error:  # the probe's errors learn which file they are about
+            status = max(status, _complain(error if error.path else type(error)(error.problem, str(path))))
     if reports:
         print(to_json(reports) if args.format == "json" else
               "\n\n".join(report.to_text() for report in reports))
@@ -155,6 +198,8 @@ def _verify(args: argparse.Namespace) -> int:
              f"{c.max_rel:.3g}  ({c.dtype}, rtol {c.rtol:g}, atol {c.atol:g})" for c in result.outputs]
     if result.lowered_producer:
         lines.append("(the original holds BatchNormWithGlobalNormalization: run with producer 8)")
+    if result.trusted is not None:
+        lines.append(f"(--trust-graph: side-effect ops ran unchecked: {', '.join(result.trusted) or 'none'})")
     _print(args, {**asdict(result), "passed": result.passed}, "\n".join(lines + [result.describe()]))
     return EXIT_OK if result.passed else EXIT_DIFFERS
 
@@ -163,7 +208,8 @@ def _options(args: argparse.Namespace) -> Options:
     return Options(inputs=args.inputs, outputs=args.outputs, batch=args.batch,
                    shapes=dict(_shape(spec) for spec in args.input_shape),
                    values=dict(_feed(spec) for spec in args.feed),
-                   rtol=getattr(args, "rtol", None), atol=getattr(args, "atol", None))
+                   rtol=getattr(args, "rtol", None), atol=getattr(args, "atol", None),
+                   trust_graph=args.trust_graph, timeout=args.timeout, max_memory=args.max_memory)
 
 
 def _split(spec: str, flag: str) -> tuple[str, str]:

@@ -29,3 +29,16 @@ class VerificationError(BnRewriteError):
 
 class CannotVerifyError(BnRewriteError):
     """TensorFlow cannot run the graph (unknown op, input it cannot fill, ...)."""
+
+
+class UnsafeGraphError(CannotVerifyError):
+    """Running the graph would run ops with side effects (files, Python, ...): refused
+    unless the caller trusts the graph (--trust-graph, VerifyOptions(trust_graph=True))."""
+
+
+class VerifyTimeout(CannotVerifyError):
+    """A run of the graph took longer than the time limit (--timeout); the worker was killed."""
+
+
+class VerifyMemoryLimit(CannotVerifyError):
+    """A run of the graph needed more memory than the worker's limit (--max-memory)."""

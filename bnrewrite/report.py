@@ -13,6 +13,7 @@ import numpy as np
 from .errors import BnRewriteError, VerificationError
 from .findings import Finding
 from .plan import Decision
+from .safety import ALLOWED, REFUSED_VERDICT, SideEffect
 
 EXIT_OK, EXIT_DIFFERS, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
@@ -68,6 +69,8 @@ class AuditReport:
     graph: GraphInfo
     batch_norms: list[BatchNormEntry]
     probe: list[dict[str, Any]] | None = None  # audit --probe: batch dependence per output
+    side_effects: list[SideEffect] = field(default_factory=list)
+    trusted: list[str] | None = None  # audit --probe --trust-graph: side-effect ops run unchecked
 
     def summary(self) -> dict[str, int]:
         counts = Counter(entry.action for entry in self.batch_norms)
@@ -76,9 +79,11 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = {"graph": asdict(self.graph), "summary": self.summary(),
-                "batch_norms": [asdict(entry) for entry in self.batch_norms]}
+                "batch_norms": [asdict(entry) for entry in self.batch_norms],
+                "side_effects": [asdict(effect) for effect in self.side_effects]}
         if self.probe is not None:
             data["probe"] = self.probe
+            data["trusted"] = self.trusted
         return data
 
     def to_text(self) -> str:
@@ -97,9 +102,12 @@ class AuditReport:
                 [(e.form, e.output, str(len(e.nodes)), _blank(e.channels), _blank(e.epsilon, "{:g}"),
                   "training" if e.training else "inference", e.host or "-", e.action, e.reason or "-")
                  for e in self.batch_norms]))
+        lines.extend(_side_effect_lines(self.side_effects))
         for p in self.probe or ():
             lines.append(f"  probe: {p['name']} moves by up to {p['max_abs']:.3g} ({p['max_rel']:.3g} of its "
                          f"scale) when a sample runs alone instead of in a batch of {p['batch']}")
+        if self.probe is not None and self.trusted is not None:
+            lines.append(_trusted_line(self.trusted))
         return "\n".join(lines)
 
 
@@ -145,6 +153,8 @@ class RewriteReport:
             worst = max((c["max_rel"] for c in checks), default=0.0)
             lines.append(f"  verified in TensorFlow: {len(checks)} outputs match "
                          f"(largest error {worst:.2g} of the output's scale)")
+            if self.verification.get("trusted") is not None:
+                lines.append(_trusted_line(self.verification["trusted"]))
         return "\n".join(lines)
 
 
@@ -170,6 +180,27 @@ def to_json(reports: list[AuditReport]) -> str:
     """One object for one graph, a list for several (the audit CLI's promise)."""
     data: Any = [r.to_dict() for r in reports]
     return json.dumps(data[0] if len(data) == 1 else data, indent=1, sort_keys=True)
+
+
+def _side_effect_lines(effects: list[SideEffect]) -> list[str]:
+    """The refused and unknown ops one per line; the allowed ones (random numbers,
+    Assert...) summed up on one."""
+    what = {REFUSED_VERDICT: "verification refuses to run it (--trust-graph overrides)",
+            "unknown": "verification asks TensorFlow's op registry first"}
+    lines = [f"  side effect: {e.op} ({', '.join(e.nodes[:3])}{' ...' if len(e.nodes) > 3 else ''}) "
+             f"{e.why}: " + (what[e.verdict] if e.runs else "the outputs do not depend on it")
+             for e in effects if e.verdict != ALLOWED]
+    allowed: Counter[str] = Counter()
+    for e in (e for e in effects if e.verdict == ALLOWED):
+        allowed[e.op] += len(e.nodes)
+    if allowed:
+        lines.append("  stateful ops allowed in verification: " + ", ".join(f"{op} x{n}" for op, n in allowed.items()))
+    return lines
+
+
+def _trusted_line(ops: list[str]) -> str:
+    return ("  --trust-graph: ran without the side-effect check"
+            + (f" (side-effect ops: {', '.join(ops)})" if ops else " (the graph holds no side-effect ops)"))
 
 
 def _floats(finding: Finding, role: str) -> list[float] | None:

@@ -1,6 +1,8 @@
 """Run two graphs on the same seeded inputs and compare every output.
 
-TensorFlow runs in tfrun's worker process, started only when a check runs (DESIGN §6).
+TensorFlow runs in tfrun's worker process, started only when a check runs (DESIGN §6),
+and only on graphs safety.py finds free of side effects, within a time and memory limit
+(DESIGN §5), unless the caller trusts the graph.
 Tolerances (DESIGN §5): an output matches when max|a - b| <= atol + rtol * scale,
 scale being the largest finite magnitude of the original output; NaN must sit at
 the same positions and infinities must be equal.
@@ -8,12 +10,12 @@ the same positions and infinities must be equal.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import graphio, tensors, tfrun
-from .errors import CannotVerifyError
+from . import graphio, safety, tensors, tfrun
+from .errors import CannotVerifyError, UnsafeGraphError
 from .index import GraphIndex
 
 # dtype -> (rtol, atol): float16 holds ~3 significant digits and every op rounds.
@@ -22,6 +24,9 @@ TOLERANCES = {np.dtype(np.float32): (1e-5, 1e-6), np.dtype(np.float64): (1e-9, 1
               np.dtype(np.float16): (5e-3, 1e-3)}
 DEFAULT_BATCH = 2
 MAX_FEED_ELEMENTS = 1 << 27  # 512 MiB of float32: more is a broken shape, not a test input
+# Default time limit per run of a graph: generous, since a run here takes seconds; graphs
+# with more nodes may run longer.
+BASE_TIMEOUT, TIMEOUT_PER_NODE = 60.0, 0.1
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class Verification:
     inputs: dict[str, list[int]]
     outputs: list[OutputCheck] = field(default_factory=list)
     lowered_producer: bool = False  # the original ran from a copy with producer 8 (legacy op)
+    trusted: list[str] | None = None  # --trust-graph: the side-effect ops that ran unchecked
     first_difference: OutputCheck | None = None  # earliest batch norm whose output differs
 
     @property
@@ -70,6 +76,9 @@ class Options:
     rtol: float | None = None
     atol: float | None = None
     seed: int = 0
+    trust_graph: bool = False  # run side-effect ops too (--trust-graph)
+    timeout: float | None = None  # seconds per run of a graph; None: by graph size
+    max_memory: int | None = None  # bytes for the TensorFlow worker; None: half the machine's
 
 
 def make_feeds(graph_def: Any, options: Options = Options()) -> dict[str, np.ndarray]:
@@ -123,11 +132,49 @@ def runnable(graph_def: Any) -> tuple[Any, bool]:
     return graph, False
 
 
-def run(graph_def: Any, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
+def run(graph_def: Any, feeds: Mapping[str, np.ndarray], fetches: Sequence[str],
+        options: Options = Options()) -> list[np.ndarray]:
     """Run a graph in TensorFlow on the CPU (in tfrun's worker process); CannotVerifyError
-    with TensorFlow's first line when it refuses the graph, fails or crashes."""
+    with TensorFlow's first line when it refuses the graph, fails or crashes, and its
+    subclasses when the graph is unsafe or exceeds a limit."""
+    return runner(graph_def, fetches, options)(feeds, fetches)
+
+
+def runner(graph_def: Any, fetches: Sequence[str], options: Options = Options()) -> Callable[..., list[np.ndarray]]:
+    """Check the graph once for everything it may be asked for (`fetches`), before anything
+    runs; then `runner(...)(feeds, wanted)` runs it within the limits."""
+    graph, bounds = checked(graph_def, fetches, options), limits(graph_def, options)
+    return lambda feeds, wanted: tfrun.run(graph, feeds, wanted, bounds)
+
+
+def checked(graph_def: Any, fetches: Sequence[str], options: Options = Options()) -> bytes:
+    """The graph to run, serialized, once safety.py (and, for ops it does not know,
+    TensorFlow's live registry) finds no side effects behind `fetches`."""
     graph, _ = runnable(graph_def)
-    return tfrun.run(graph.SerializeToString(deterministic=True), feeds, fetches)
+    if not options.trust_graph:
+        unknown = safety.check(graph, fetches)
+        stateful = tfrun.stateful(unknown, limits(graph, options)) if unknown else set()
+        if stateful:
+            raise UnsafeGraphError(safety.describe(
+                [e for e in safety.side_effects(graph, fetches) if e.op in stateful and e.runs]))
+    return graph.SerializeToString(deterministic=True)
+
+
+def unchecked(graphs: Sequence[Any], fetches: Sequence[str], options: Options) -> list[str] | None:
+    """With --trust-graph, the side-effect ops that run unchecked in `graphs`; None without it."""
+    if not options.trust_graph:
+        return None
+    return sorted({e.op for graph in graphs for e in safety.side_effects(graphio.to_internal(graph), fetches)
+                   if e.runs and e.verdict != safety.ALLOWED})
+
+
+def limits(graph_def: Any, options: Options) -> tfrun.Limits:
+    """The limits of one run: as given, or BASE_TIMEOUT + TIMEOUT_PER_NODE x nodes and
+    tfrun's share of the machine's memory."""
+    timeout = options.timeout
+    if timeout is None:
+        timeout = BASE_TIMEOUT + TIMEOUT_PER_NODE * len(graphio.to_internal(graph_def).node)
+    return tfrun.Limits(timeout, tfrun.default_max_memory() if options.max_memory is None else options.max_memory)
 
 
 def compare(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float | None = None,
@@ -167,18 +214,20 @@ def verify(original: Any, rewritten: Any, options: Options = Options(),
     too, to say where the difference starts."""
     index = GraphIndex(graphio.to_internal(original))
     fetches = list(options.outputs) or index.inferred_outputs()
+    present = {node.name for node in graphio.to_internal(rewritten).node}
+    traced = [name for name in trace if name in present]
+    run_original, run_rewritten = (runner(graph, fetches + traced, options) for graph in (original, rewritten))
     if feeds is None:
         feeds = make_feeds(original, options)
-    expected = run(original, feeds, fetches)
-    actual = run(rewritten, feeds, fetches)
+    expected = run_original(feeds, fetches)
+    actual = run_rewritten(feeds, fetches)
     result = Verification({k: list(np.shape(v)) for k, v in feeds.items()},
-                          lowered_producer=runnable(original)[1])
+                          lowered_producer=runnable(original)[1],
+                          trusted=unchecked([original, rewritten], fetches, options))
     result.outputs = [compare(name, e, a, options.rtol, options.atol)
                       for name, e, a in zip(fetches, expected, actual)]
-    if not result.passed and trace:
-        present = {node.name for node in graphio.to_internal(rewritten).node}
-        traced = [name for name in trace if name in present]
-        pairs = zip(traced, run(original, feeds, traced), run(rewritten, feeds, traced))
+    if not result.passed and traced:
+        pairs = zip(traced, run_original(feeds, traced), run_rewritten(feeds, traced))
         result.first_difference = next(
             (check for check in (compare(n, e, a, options.rtol, options.atol) for n, e, a in pairs)
              if not check.passed), None)
@@ -200,14 +249,15 @@ def probe(graph_def: Any, options: Options = Options()) -> list[Probe]:
     a sample's result depend on the rest of its batch."""
     index = GraphIndex(graphio.to_internal(graph_def))
     fetches = list(options.outputs) or index.inferred_outputs()
+    run_graph = runner(graph_def, fetches, options)
     feeds = make_feeds(graph_def, replace(options, batch=max(options.batch, 2)))
     sizes = {v.shape[0] for v in feeds.values() if np.ndim(v)}
     if not feeds or len(sizes) != 1 or min(sizes) < 2:
         raise CannotVerifyError("probing needs inputs that share a batch dimension of 2 or more "
                                 "(--batch, --input-shape)")
     batch = sizes.pop()
-    batched = run(graph_def, feeds, fetches)
-    alone = run(graph_def, {k: v[:1] if np.ndim(v) else v for k, v in feeds.items()}, fetches)
+    batched = run_graph(feeds, fetches)
+    alone = run_graph({k: v[:1] if np.ndim(v) else v for k, v in feeds.items()}, fetches)
     found = []
     for name, together, single in zip(fetches, batched, alone):
         if np.ndim(together) == 0 or together.shape[0] != batch or single.shape[0] != 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -56,3 +57,23 @@ def test_fuzzer_smoke() -> None:
     crashes = [(i, applied, kind, sig) for i, applied, kind, outcome, sig in outcomes if outcome not in ("ok", "exit2")]
     assert not crashes, crashes
     assert time.time() - start < 20
+
+
+@pytest.mark.parametrize("effect", fuzz.SIDE_EFFECTS, ids=[e[0] for e in fuzz.SIDE_EFFECTS])
+def test_fuzzer_contract_covers_untrusted_graphs(effect, tmp_path, monkeypatch) -> None:
+    """m_side_effect makes a node of a (pruned) fixture wait for a side-effect op: the
+    verified rewrite refuses it in one line; one that let it run would be judged a crash."""
+    monkeypatch.setattr(fuzz, "SIDE_EFFECTS", [effect])
+    graph = fuzz.parse((ROOT / "fixtures" / "fbn_v3_conv_nhwc.pb").read_bytes(), False)
+    fuzz.m_side_effect(random.Random(0), graph)
+    data = fuzz.dump(graph, False)
+    runner = lambda argv, original: fuzz.run_in_process(argv, str(tmp_path / "stderr.txt"), original)
+    [(_, outcome, sig, result)] = fuzz.run_case(runner, data, False, [("verify", fuzz.COMMANDS["verify"])],
+                                                tmp_path / "case")
+    assert (outcome, sig) == ("exit2", None)
+    assert "refusing to run the graph" in result["stderr"] and f"{effect[0]} (fuzz_{effect[0]}_" in result["stderr"]
+    out = tmp_path / "case" / "out.pb"
+    out.write_bytes(data)
+    let_through = {"rc": 0, "stderr": "", "exc": None}
+    assert fuzz.judge("verify", let_through, out, (tmp_path / "case" / "in.pb", data)) == ("crash", "unsafe-ran@verify")
+    assert not fuzz.WRITTEN.exists()

@@ -28,6 +28,7 @@ def test_real_graph_audit(realgraphs, name):
     assert Counter(e.form for e in entries) == forms
     assert sum(e.training for e in entries) == training
     assert Counter(e.action for e in entries) == actions
+    assert report.side_effects == []  # nothing for verification to refuse (DecodeWav is pure)
     for e in entries:
         assert (e.reason is None) == (e.action == "fold")
         if e.training:

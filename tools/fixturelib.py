@@ -71,8 +71,10 @@ class Fixture:
     compare a batch norm's output with the formula on its input.
     """
 
-    def __init__(self, name, description, fmt="pb", runs_in_tf=True):
+    def __init__(self, name, description, fmt="pb", runs_in_tf=True, group=None):
         self.name, self.description, self.fmt, self.runs_in_tf = name, description, fmt, runs_in_tf
+        self.group = group          # a subfolder of the fixtures (``hostile``), or None
+        self.hostile = None         # hostile/: what verification must do with the graph
         self.graph = tf.Graph()
         self.rng = np.random.default_rng(zlib.crc32(name.encode()))
         self.inputs, self.outputs, self.batch_norms, self.probes = [], [], [], []
@@ -188,10 +190,16 @@ class Fixture:
         return gd
 
     def sidecar(self):
-        return {"description": self.description, "inputs": self.inputs, "outputs": self.outputs,
+        data = {"description": self.description, "inputs": self.inputs, "outputs": self.outputs,
                 "runs_in_tf": self.runs_in_tf, "batch_norms": self.batch_norms}
+        if self.hostile is not None:
+            data["hostile"] = self.hostile
+        return data
 
     def write(self, out_dir):
+        if self.group:
+            out_dir = os.path.join(out_dir, self.group)
+            os.makedirs(out_dir, exist_ok=True)
         gd = self.graph_def()
         consumed = {i.lstrip("^").split(":")[0] for n in gd.node for i in n.input}
         bad = [o for o in self.outputs if o in consumed]
@@ -361,9 +369,9 @@ def fused_tail(fx, y, channels, eps, host, version=3, data_format="NHWC", scope=
     return bn
 
 
-def build(name, description, fmt, runs_in_tf, builder):
+def build(name, description, fmt, runs_in_tf, group, builder):
     """Run one case's builder inside a fresh graph; returns the filled Fixture."""
-    fx = Fixture(name, description, fmt, runs_in_tf)
+    fx = Fixture(name, description, fmt, runs_in_tf, group)
     with fx.graph.as_default():
         builder(fx)
     return fx

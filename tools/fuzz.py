@@ -16,6 +16,11 @@ capped by RLIMIT_AS (--mem-gib) and a --timeout per command. Allowed: exit 0 (re
 OUT written), or exit 2 / exit 1 with exactly one `bnrewrite: ` line on stderr and no
 OUT; never an exception, another exit code, a hang, a partial OUT or a `.OUT.*.tmp`.
 Exit 1 (verification failed on a graph TensorFlow runs) is also recorded as a finding.
+Untrusted graphs (m_side_effect adds a WriteFile, ReadFile, PyFunc or PrintV2 the outputs
+depend on): a verified rewrite must refuse them (exit 0 is `unsafe-ran`), and the file the
+WriteFile names (WRITTEN) must never appear (`graph-wrote-file`); a run past the verified
+rewrite's own time limit (`--timeout 20`, a third of the fuzzer's default 60 s per command)
+or memory limit must end in exit 2, not a hang.
 Every distinct signature is minimised (greedy deletion of nodes, attrs and inputs, or of
 byte ranges) and saved to --out (default fixtures/fuzz) as crash_<sig>.pb + .json;
 tests/test_fuzz_regressions.py replays them. Case i depends only on (--seed, i).
@@ -41,7 +46,14 @@ DTYPES = [1, 2, 3, 8, 9, 10, 14, 19, 20, 101, 0, 999]
 SPECIAL = [math.nan, math.inf, -math.inf, 0.0, -1.0, -1e-3, 1e30, 1e-40, 65504.0, 7e4, 1e-7, 1e-5, 0.1, 10.0]
 HUGE = [10**12, 2**31, 2**28, 2**27 + 1, 2**62, -1, -7, 2**63 - 1]
 COMMANDS = {"audit": ["audit", "IN"], "rewrite": ["rewrite", "IN", "-o", "OUT", "--no-verify"],
-            "verify": ["rewrite", "IN", "-o", "OUT"]}
+            "verify": ["rewrite", "IN", "-o", "OUT", "--timeout", "20"]}  # a third of the default --timeout
+# Side-effect ops m_side_effect adds: (op, inputs as Const strings, attrs). Judged by the
+# fuzzer's own list and walk (runs_side_effect), not by bnrewrite.safety, which is under test.
+WRITTEN = Path(tempfile.gettempdir()) / "bnfuzz_graph_wrote_this.txt"
+SIDE_EFFECTS = [("WriteFile", [str(WRITTEN), "written by a fuzzed graph"], {}),
+                ("ReadFile", ["/etc/hostname"], {}),
+                ("PyFunc", [], {"token": "pyfunc_0"}),
+                ("PrintV2", ["printed by a fuzzed graph"], {"output_stream": f"file://{WRITTEN}"})]
 
 
 # ---- mutations. Graph-level ones edit a parsed GraphDef in place and return False when they
@@ -140,6 +152,19 @@ def m_add_consumer(rng, g, n):  # one more reader (and output): of a host, a bia
     name, dtype = _read_by(rng, g, n)
     port = rng.choice([0, 0, 0, 1, 2]) if n.op.startswith("FusedBatchNorm") else 0
     g.node.add(name=name, op="Identity", input=[f"{n.name}:{port}" if port else n.name]).attr["T"].type = dtype
+@on(ANY)
+def m_side_effect(rng, g, n):  # a side-effect op that node `n` (and so maybe an output) waits for
+    op, values, attrs = rng.choice(SIDE_EFFECTS)
+    name = f"fuzz_{op}_{len(g.node)}"
+    for i, value in enumerate(values):
+        const = g.node.add(name=f"{name}/arg{i}", op="Const")
+        const.attr["dtype"].type = 7  # DT_STRING
+        const.attr["value"].tensor.dtype = 7
+        const.attr["value"].tensor.string_val.append(value.encode())
+    node = g.node.add(name=name, op=op, input=[f"{name}/arg{i}" for i in range(len(values))])
+    for key, value in attrs.items():
+        node.attr[key].s = value.encode()
+    n.input.append("^" + name)
 @on(CONST)
 def m_const_dtype(rng, g, n):  # attr vs tensor disagree, or a consistent half/double re-encoding
     t, how = n.attr["value"].tensor, rng.random()
@@ -248,7 +273,7 @@ MUTATIONS = [
     (5, "graph", m_const_shape), (3, "graph", m_tensor_content), (3, "graph", m_huge_dim),
     (3, "graph", m_placeholder), (3, "graph", m_type_attr), (2, "graph", m_producer),
     (2, "graph", m_rename_node), (2, "graph", m_duplicate_node), (1, "graph", m_shuffle_nodes),
-    (2, "bytes", b_bitflip), (1, "bytes", b_overwrite), (1, "bytes", b_truncate),
+    (2, "graph", m_side_effect), (2, "bytes", b_bitflip), (1, "bytes", b_overwrite), (1, "bytes", b_truncate),
     (1, "bytes", b_insert), (1, "bytes", b_duplicate_range),
     (2, "text", t_delete_line), (1, "text", t_duplicate_line), (2, "text", t_brace), (2, "text", t_garbage),
 ]
@@ -274,7 +299,7 @@ def load_seeds(realgraphs=False):
 GENTLE = [m for m in MUTATIONS if m[2].__name__ in {
     "m_const_values", "m_scale_values", "m_epsilon", "m_insert_identity", "m_add_consumer", "m_add_control_input",
     "m_is_training", "m_producer", "m_shuffle_nodes", "m_swap_inputs", "m_change_op", "m_data_format",
-    "m_rename_input"}]
+    "m_rename_input", "m_side_effect"}]
 
 def mutate(rng, seeds, table=MUTATIONS):
     """One case: (seed path, bytes, is_text, names of the mutations applied)."""
@@ -339,6 +364,20 @@ def run_in_process(argv, capture, original=None):
             os.dup2(saved[0], 1); os.dup2(saved[1], 2); os.close(saved[0]); os.close(saved[1])
     return {**result, "secs": time.time() - start}
 
+def runs_side_effect(path, data):
+    """Does verifying this input run an op of SIDE_EFFECTS (the outputs depend on it)?"""
+    from bnrewrite import index, names
+    g = parse(data, str(path).endswith(".pbtxt"))
+    if g is None: return False
+    by_name, ops = {n.name: n for n in g.node}, {op for op, _, _ in SIDE_EFFECTS}
+    todo, seen = index.GraphIndex(g).inferred_outputs(), set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in by_name: continue
+        seen.add(name)
+        todo.extend(names.node_of(ref) for ref in by_name[name].input)
+    return any(by_name[name].op in ops for name in seen)
+
 def judge(kind, result, out, original=None):
     """(outcome, signature or None). Outcomes: ok, exit2, exit1, bad-rewrite (TensorFlow runs
     the input but not its rewrite), crash, hang."""
@@ -355,8 +394,13 @@ def judge(kind, result, out, original=None):
         return "crash", f"tmp-left@{kind}"
     if original is not None and Path(original[0]).read_bytes() != original[1]:
         return "crash", f"input-modified@{kind}"
+    if WRITTEN.exists():
+        WRITTEN.unlink()
+        return "crash", f"graph-wrote-file@{kind}"
     if kind != "audit" and Path(out).exists() != (rc == 0):
         return "crash", f"{'partial-file' if rc else 'no-output'}@{kind}"
+    if rc == 0 and kind == "verify" and original is not None and runs_side_effect(*original):
+        return "crash", "unsafe-ran@verify"
     if rc == 0:
         return "ok", None
     if len(lines) != 1 or not lines[0].startswith("bnrewrite: ") or "Traceback" in result["stderr"]:

@@ -35,10 +35,10 @@ ONEDNN_NOTE = (" (NCHW Conv2D runs on CPU only through oneDNN, TF's x86 default;
                "TF_ENABLE_ONEDNN_OPTS=0.)")
 
 
-def case(name, description, fmt="pb", runs_in_tf=True):
+def case(name, description, fmt="pb", runs_in_tf=True, group=None):
     """Register a builder ``build(fx)`` that fills the Fixture ``fx`` inside its graph."""
     def register(builder):
-        CASES.append((name, description, fmt, runs_in_tf, builder))
+        CASES.append((name, description, fmt, runs_in_tf, group, builder))
         return builder
     return register
 
@@ -764,6 +764,83 @@ def _(fx):
     fused_tail(fx, y, 6, 4.65e-3, "DepthwiseConv2dNative", direction="backward")
 
 
+# ----- 12. hostile: graphs verification must never run (fixtures/hostile/) -------------------
+# Each folds a batch norm like any model would; "hostile" in the sidecar says what
+# verification must do: refuse (naming "ops"), stop at the time or memory limit, or verify.
+# runs_in_tf is false for all but the control: --check must not run them either.
+def hostile(name, description, expect, ops=(), runs_in_tf=False):
+    def register(builder):
+        def build_hostile(fx):
+            y = conv2d(fx, "conv1", fx.placeholder("x", [None, 6, 5, 3]), 4)
+            bn = fused_tail(fx, y, 4, EPSILONS[name], "Conv2D", out=None)
+            fx.hostile = {"expect": expect, "ops": list(ops)}
+            finish(fx, builder(fx, tf.nn.relu(bn.y, name="relu")), "out")
+        return case(name, description, runs_in_tf=runs_in_tf, group="hostile")(build_hostile)
+    return register
+
+
+EPSILONS = {"hostile_write_file": 1.01e-4, "hostile_read_file": 1.02e-4, "hostile_py_func": 1.03e-4,
+            "hostile_endless_loop": 1.04e-4, "hostile_memory_bomb": 1.05e-4,
+            "control_harmless_stateful": 1.06e-4}
+WRITTEN = "bnrewrite_hostile_write.txt"
+
+
+@hostile("hostile_write_file", "The output has a control dependency on WriteFile, whose file name "
+         "is a PlaceholderWithDefault 'target' (default: %s in the working directory; tests feed "
+         "a path of their own): refused." % WRITTEN, "refused", ["WriteFile"])
+def _(fx, z):
+    target = tf.compat.v1.placeholder_with_default(WRITTEN, [], name="target")
+    write = tf.io.write_file(target, tf.constant("written by a graph", name="contents"), name="write")
+    with tf.control_dependencies([write]):
+        return tf.identity(z, name="after_write")
+
+
+@hostile("hostile_read_file", "The output adds min(0, length of ReadFile('source')), 'source' a "
+         "PlaceholderWithDefault naming /etc/hostname: refused.", "refused", ["ReadFile"])
+def _(fx, z):
+    source = tf.compat.v1.placeholder_with_default("/etc/hostname", [], name="source")
+    length = tf.strings.length(tf.io.read_file(source, name="read"), name="length")
+    return z + tf.minimum(tf.cast(length, tf.float32), 0.0, name="nothing")
+
+
+@hostile("hostile_py_func", "The output has a control dependency on a PyFunc (a Python callback "
+         "by token, as tf.py_func froze it): refused.", "refused", ["PyFunc"])
+def _(fx, z):
+    call = tf.numpy_function(lambda v: v, [z], tf.float32, name="callback")
+    with tf.control_dependencies([call]):
+        return tf.identity(z, name="after_callback")
+
+
+@hostile("hostile_endless_loop", "The output adds min(0, i) of a v1 while_loop whose condition "
+         "(i >= 0, i += 1) never turns false: stopped at the time limit.", "timeout")
+def _(fx, z):
+    with control_flow_v1():
+        i = tf.compat.v1.while_loop(lambda i: i >= 0.0, lambda i: i + 1.0, [tf.constant(0.0)],
+                                    name="forever")
+    return z + tf.minimum(i, 0.0, name="nothing")
+
+
+@hostile("hostile_memory_bomb", "The output adds min(0, sum of Fill(dims, 1.0)), dims a constant "
+         "[2^17, 2^17] plus a zero PlaceholderWithDefault: 64 GiB at run time, stopped at the "
+         "memory limit.", "memory")
+def _(fx, z):
+    extra = tf.compat.v1.placeholder_with_default(tf.constant([0, 0], name="no_extra"), [2], name="extra")
+    dims = tf.add(tf.constant([1 << 17, 1 << 17], name="huge"), extra, name="dims")
+    total = tf.reduce_sum(tf.fill(dims, 1.0, name="bomb"), name="total")
+    return z + tf.minimum(total, 0.0, name="nothing")
+
+
+@hostile("control_harmless_stateful", "The control case: the output adds min(0, RandomUniform) and "
+         "has a control dependency on an Assert that x is finite: stateful, harmless, verifies.",
+         "verifies", runs_in_tf=True)
+def _(fx, z):
+    # the raw op: tf.debugging.Assert wraps it in an If whose function names count up per process
+    check = tf.raw_ops.Assert(condition=tf.reduce_all(tf.math.is_finite(z)), data=[z], name="finite")
+    with tf.control_dependencies([check]):
+        noise = tf.random.uniform([], name="noise")
+        return z + tf.minimum(noise, 0.0, name="nothing")
+
+
 # ----- driver --------------------------------------------------------------------------------
 def check_epsilons(fixtures):
     """Every batch norm in the set has its own epsilon, so a wrong binding shows."""
@@ -797,7 +874,7 @@ def main(argv=None):
             assert all(np.isfinite(r).all() for r in results), "%s: non-finite output" % fx.name
         print("wrote", path)
     made = {fx.name for fx in fixtures}
-    for path in sorted(glob.glob(os.path.join(args.out, "*.expected.json"))):
+    for path in sorted(glob.glob(os.path.join(args.out, "**", "*.expected.json"), recursive=True)):
         stem = os.path.basename(path)[:-len(".expected.json")]
         if not args.only and stem not in made:
             print("warning: %s is not made by any case (stale?)" % path, file=sys.stderr)
