@@ -12,12 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import __version__, audit, load_graph, rewrite, save_graph, verify
-from .errors import BnRewriteError, CannotVerifyError, GraphLoadError
-from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, AuditReport, exit_code, to_json
-from .verify import DEFAULT_BATCH, Options, probe
-
-GRAPH_SUFFIXES = (".pb", ".pbtxt")
+from . import __version__, load_graph, rewrite, save_graph, verify, zoo
+from .errors import BnRewriteError, CannotVerifyError
+from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, exit_code, to_json
+from .verify import DEFAULT_BATCH, Options
 
 
 class UsageError(BnRewriteError):
@@ -61,14 +59,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="run each graph in TensorFlow: how much does a sample's output change when "
                           "it runs alone instead of in a batch (frozen training-mode batch norms)")
     _feed_flags(cmd)
+    _jobs_flag(cmd)
     cmd.set_defaults(run=_audit)
 
     cmd = commands.add_parser(
         "rewrite", help="fold batch norms into the ops before them, fuse the rest",
         description="Rewrite a graph's batch norms, check in TensorFlow that every output is "
-                    "unchanged, and only then write OUT (atomically).")
-    cmd.add_argument("model", metavar="IN")
-    cmd.add_argument("-o", "--output", required=True, metavar="OUT", help=".pb or .pbtxt to write")
+                    "unchanged, and only then write OUT (atomically). IN may be a folder: every "
+                    ".pb/.pbtxt below it is rewritten to the same relative path below OUT.")
+    cmd.add_argument("model", metavar="IN", help="a .pb/.pbtxt file, or a folder of them")
+    cmd.add_argument("-o", "--output", required=True, metavar="OUT",
+                     help=".pb or .pbtxt to write (a folder when IN is one)")
     cmd.add_argument("--mode", choices=("fold", "fuse"), default="fold",
                      help="fold: into weights where possible (default); fuse: FusedBatchNormV3 only")
     cmd.add_argument("--in-place", action="store_true", help="allow OUT to be IN")
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--format", choices=("text", "json"), default="text")
     _feed_flags(cmd)
     _tolerance_flags(cmd)
+    _jobs_flag(cmd)
     cmd.set_defaults(run=_rewrite)
 
     cmd = commands.add_parser(
@@ -105,34 +107,35 @@ def _feed_flags(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
+def _jobs_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("-j", "--jobs", type=int, default=zoo.default_jobs(), metavar="N",
+                     help="graphs processed at once, each verifying in its own TensorFlow worker "
+                          "(default: the number of CPUs)")
+
+
 def _tolerance_flags(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--rtol", type=float, help="relative tolerance (default: by dtype)")
     cmd.add_argument("--atol", type=float, help="absolute tolerance (default: by dtype)")
 
 
 def _audit(args: argparse.Namespace) -> int:
-    reports: list[AuditReport] = []
-    status = EXIT_OK
-    for path in _graph_files(args.models):
-        try:
-            if isinstance(path, GraphLoadError):
-                raise path
-            graph = load_graph(path)
-            report = audit(graph, str(path), args.outputs)
-            if args.probe:
-                _progress(args, f"probing {path} in TensorFlow")
-                report.probe = [asdict(p) for p in probe(graph, _options(args))]
-            reports.append(report)
-        except BnRewriteError as error:
-            status = max(status, _complain(error))
+    probing = _options(args) if args.probe else None
+    tasks = [(zoo.audit_one, (path, args.outputs, probing)) for path in zoo.graph_files(args.models)]
+    outcomes = zoo.run(tasks, args.jobs, _show_progress(args) and len(tasks) > 1, "auditing")
+    for outcome in outcomes:
+        if outcome.error:
+            print(f"bnrewrite: {outcome.error}", file=sys.stderr)
+    reports = [outcome.report for outcome in outcomes if outcome.report is not None]
     if reports:
         print(to_json(reports) if args.format == "json" else
               "\n\n".join(report.to_text() for report in reports))
-    return status
+    return max(outcome.code for outcome in outcomes)
 
 
 def _rewrite(args: argparse.Namespace) -> int:
     source, target = Path(args.model), Path(args.output)
+    if source.is_dir():
+        return _rewrite_folder(args, source, target)
     if not args.in_place and target.exists() and source.exists() and target.samefile(source):
         raise UsageError("-o names the input itself; pass --in-place to replace it", args.output)
     graph = load_graph(source)
@@ -142,6 +145,41 @@ def _rewrite(args: argparse.Namespace) -> int:
     save_graph(new_graph, target)
     _print(args, report.to_dict(), report.to_text() + f"\n  wrote {target}")
     return EXIT_OK
+
+
+def _rewrite_folder(args: argparse.Namespace, source: Path, target: Path) -> int:
+    """Every graph below `source` to the same relative path below `target`; a graph that
+    fails is reported and skipped, and the exit code is the worst of them."""
+    if target.exists() and not target.is_dir():
+        raise UsageError("IN is a folder, so -o must name a folder", args.output)
+    if target.resolve() == source.resolve() and not args.in_place:
+        raise UsageError("-o names the input folder itself; pass --in-place to replace its graphs",
+                         args.output)
+    options = None if args.no_verify else _options(args)
+    tasks = []
+    for path in zoo.graph_files([str(source)], exclude=None if args.in_place else target):
+        if isinstance(path, BnRewriteError):
+            raise path
+        tasks.append((zoo.rewrite_one, (path, target / path.relative_to(source), args.mode,
+                                        args.outputs, options)))
+    outcomes = zoo.run(tasks, args.jobs, _show_progress(args), "rewriting")
+    lines = []
+    for outcome in outcomes:
+        if outcome.report is not None:
+            s = outcome.report.summary()
+            lines.append(f"ok       {outcome.path} -> {outcome.output}: {s['fold']} folded, {s['fuse']} fused, "
+                         f"{s['skip']} left; " + ("not verified" if options is None else "verified"))
+        else:
+            lines.append(f"exit {outcome.code}   {outcome.error}")
+    written = sum(outcome.output is not None for outcome in outcomes)
+    summary = {"graphs": len(outcomes), "written": written,
+               "verification_failed": sum(outcome.code == EXIT_DIFFERS for outcome in outcomes),
+               "bad_input": sum(outcome.code == EXIT_BAD_INPUT for outcome in outcomes)}
+    lines.append(f"{summary['graphs']} graphs: {written} written, {summary['verification_failed']} "
+                 f"failed verification, {summary['bad_input']} could not be read, rewritten or verified")
+    _print(args, {"graphs": [outcome.to_dict() for outcome in outcomes], "summary": summary},
+           "\n".join(lines))
+    return max(outcome.code for outcome in outcomes)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -204,21 +242,13 @@ def _print(args: argparse.Namespace, data: dict, text: str) -> None:
     print(json.dumps(data, indent=1, sort_keys=True) if args.format == "json" else text)
 
 
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _progress(args: argparse.Namespace, what: str) -> None:
-    if not args.quiet and sys.stderr.isatty():
+    if _show_progress(args):
         print(f"bnrewrite: {what}...", file=sys.stderr)
-
-
-def _graph_files(models: Sequence[str]) -> list[Path | GraphLoadError]:
-    found: list[Path | GraphLoadError] = []
-    for model in models:
-        path = Path(model)
-        if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.suffix in GRAPH_SUFFIXES and p.is_file())
-            found.extend(inside or [GraphLoadError("folder holds no .pb or .pbtxt files", model)])
-        else:
-            found.append(path)
-    return found
 
 
 def _complain(error: BnRewriteError) -> int:
