@@ -68,7 +68,7 @@ def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str 
     protected = _fetched(info, outputs)
     decisions = make_plan(index, mode, protected)
     result = _rewrite.apply(graph, index, decisions, protected)
-    problems = validate.problems(GraphIndex(result), outputs)
+    problems = validate.structural(result, outputs)
     if problems:
         raise RuntimeError(f"internal error: the rewrite produced an invalid graph: {problems[0]}")
     report = RewriteReport(info, mode, [entry(d) for d in decisions], len(result.node),
