@@ -41,7 +41,7 @@ def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = ()) 
     (given the same `outputs`) will do with it and why. `path` only labels the report
     and error messages."""
     with _boundary(path):
-        graph = graphio.to_internal(graph_def)
+        graph = graphio.as_internal(graph_def)
         index = validate.check(graph, path, outputs)
         info = _info(graph, index, path)
         decisions = make_plan(index, "fold", _fetched(info, outputs))
@@ -61,7 +61,7 @@ def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
 
 def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str | None,
                    verify: VerifyOptions | None) -> tuple[Any, RewriteReport]:
-    graph = graphio.to_internal(graph_def)
+    graph = graphio.as_internal(graph_def)  # read only: the rewrite builds a new graph
     index = validate.check(graph, path, outputs)
     info = _info(graph, index, path)
     ops_before = Counter(node.op for node in graph.node)

@@ -1,9 +1,10 @@
-"""Apply a plan to a private copy of the graph: the one place that mutates.
+"""Apply a plan to a graph, building a new one: the one place that edits.
 
 Each batch norm's output keeps its node name (the new BiasAdd, Add or
 FusedBatchNormV3 takes it), so consumers and fetched names stay valid. New nodes
-are named after the host or the batch norm, deterministically. Afterwards, only
-the nodes the rewrite made dead are pruned.
+are named after the host or the batch norm, deterministically. Only the nodes the
+rewrite made dead are pruned. The input graph is never changed: a node that must
+change is copied first, so the nodes are copied once, into the result.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .plan import FOLD, FUSE, Decision
 class _Editor:
     def __init__(self, graph: Any, index: GraphIndex) -> None:
         self.graph, self.index = graph, index
-        self.by_name = {node.name: node for node in graph.node}
+        self.by_name = index.nodes
         self.taken = set(self.by_name)
         self.before: dict[str, list[Any]] = defaultdict(list)
         self.replacements: dict[str, Any] = {}
@@ -56,19 +57,35 @@ class _Editor:
         node.input.extend(controls)
         self.replacements[finding.output] = node
 
-    def result(self) -> Any:
+    def edit(self, name: str) -> Any:
+        """A copy of node `name` to change, which takes its place in the result."""
+        if name not in self.replacements:
+            self.replacements[name] = type(self.by_name[name])()
+            self.replacements[name].CopyFrom(self.by_name[name])
+        return self.replacements[name]
+
+    def result(self, candidates: set[str]) -> Any:
+        """The new graph: every field of the old one, its nodes with additions and
+        replacements in place, and the candidates nothing reads any more pruned."""
         out = type(self.graph)()
-        out.CopyFrom(self.graph)
-        del out.node[:]
+        for descriptor, value in self.graph.ListFields():
+            if descriptor.name == "node":
+                continue
+            if descriptor.message_type is None:
+                setattr(out, descriptor.name, value)
+            else:
+                getattr(out, descriptor.name).CopyFrom(value)
+        order = []
         for node in self.graph.node:
-            out.node.extend(self.before.get(node.name, ()))
-            out.node.append(self.replacements.get(node.name, node))
+            order.extend(self.before.get(node.name, ()))
+            order.append(self.replacements.get(node.name, node))
+        out.node.extend(_pruned(order, candidates))
         return out
 
 
 def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protected: set[str]) -> Any:
-    """A new GraphDef with every fold and fuse applied and the dead pruned.
-    `graph` must be the private copy `index` was built on; it is changed in place."""
+    """A new GraphDef with every fold and fuse applied and the dead pruned; `index`
+    must have been built on `graph`, which is left as it was."""
     editor = _Editor(graph, index)
     candidates: set[str] = set()
     for decision in decisions:
@@ -82,7 +99,7 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
             candidates |= ({decision.host.bias_node} - {None}) | decision.host.param_nodes
         else:
             _FUSERS[decision.fuse_as](editor, finding)
-    return _prune(editor.result(), candidates - protected)
+    return editor.result(candidates - protected)
 
 
 def _dtype(index: GraphIndex, node: str) -> int:
@@ -98,7 +115,7 @@ def _fold(ed: _Editor, decision: Decision) -> None:
     folded = folded_weights(host.weights, scale, host.weight_axes).astype(host.weights.dtype)
     bias = folded_bias(host.bias, scale, offset)
     dtype = _dtype(ed.index, host.node)
-    host_node = ed.by_name[host.node]
+    host_node = ed.edit(host.node)
     host_node.input[HOSTS[host.op].weights_input] = ed.const(f"{host.node}/bn_folded/weights", folded, host.node)
     bias_name = ed.const(f"{host.node}/bn_folded/bias", bias.astype(tensors.numpy_dtype(dtype)), finding.output)
     layout = "NHWC" if host.channel_axis == -1 else "NCHW"
@@ -159,11 +176,12 @@ def _colocated_with(node: Any) -> list[str]:
     return [s.decode()[5:] for s in node.attr["_class"].list.s if s.startswith(b"loc:@")]
 
 
-def _prune(graph: Any, candidates: set[str]) -> Any:
-    """Remove candidates nothing reads any more (data, control or colocation), repeatedly."""
+def _pruned(order: list[Any], candidates: set[str]) -> list[Any]:
+    """`order` without the candidates nothing reads any more (data, control or
+    colocation), found repeatedly: a dead node's inputs may die with it."""
     uses: Counter[str] = Counter()
-    by_name = {node.name: node for node in graph.node}
-    for node in graph.node:
+    by_name = {node.name: node for node in order}
+    for node in order:
         uses.update(names.node_of(ref) for ref in node.input)
         uses.update(_colocated_with(node))
     dead: set[str] = set()
@@ -177,7 +195,4 @@ def _prune(graph: Any, candidates: set[str]) -> Any:
             uses[source] -= 1
             if source in candidates:
                 work.append(source)
-    kept = [node for node in graph.node if node.name not in dead]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return graph
+    return [node for node in order if node.name not in dead]
