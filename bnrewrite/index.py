@@ -23,6 +23,7 @@ NOT_OUTPUTS = frozenset(
     {"NoOp", "Assert", "Const", "Placeholder", "PlaceholderWithDefault", "SaveV2", "Save",
      "SaveSlices", "RestoreV2", "Restore", "RestoreSlice", "MergeV2Checkpoints", "Print", "PrintV2"}
 )
+BACK_EDGES = frozenset({"NextIteration", "RefNextIteration"})  # while loops: not an ordering
 INPUT_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "PlaceholderV2"})
 
 
@@ -129,14 +130,10 @@ class GraphIndex:
         return None
 
     @cached_property
-    def predecessors(self) -> dict[str, list[str]]:
-        """Data and control producers of each node (back edges of while loops dropped)."""
-        preds: dict[str, list[str]] = {}
-        for name, node in self.nodes.items():
-            preds[name] = [source for source in (names.node_of(ref) for ref in node.input)
-                           if source in self.nodes
-                           and self.nodes[source].op not in ("NextIteration", "RefNextIteration")]
-        return preds
+    def _forward(self) -> dict[str, list[str]]:
+        """Readers of each node that order it before them (while-loop back edges dropped)."""
+        return {source: users for source, users in self._users.items()
+                if source in self.nodes and self.nodes[source].op not in BACK_EDGES}
 
     def find_cycle(self) -> list[str] | None:
         """One cycle as producer -> consumer, first == last; None for a DAG."""
@@ -151,28 +148,31 @@ class GraphIndex:
     def _topology(self) -> tuple[dict[str, int], list[str] | None]:
         """Order and cycle check in one O(nodes + edges) pass (graphlib would build its
         own graph twice; networkx alone costs 0.18 s to import)."""
-        preds = self.predecessors
-        waiting = {name: len(sources) for name, sources in preds.items()}
-        users: dict[str, list[str]] = defaultdict(list)
-        for name, sources in preds.items():
-            for source in sources:
-                users[source].append(name)
+        forward = self._forward
+        waiting = dict.fromkeys(self.nodes, 0)
+        for users in forward.values():
+            for user in users:
+                waiting[user] += 1
         ready = deque(name for name, count in waiting.items() if not count)
         position: dict[str, int] = {}
         while ready:
             name = ready.popleft()
             position[name] = len(position)
-            for user in users.get(name, ()):
+            for user in forward.get(name, ()):
                 waiting[user] -= 1
                 if not waiting[user]:
                     ready.append(user)
-        if len(position) == len(preds):
+        if len(position) == len(self.nodes):
             return position, None
         # Every node left waits on another one left: walk producers until one repeats.
-        walk, name = [], next(n for n in preds if n not in position)
+        producers: dict[str, list[str]] = defaultdict(list)
+        for source, users in forward.items():
+            for user in users:
+                producers[user].append(source)
+        walk, name = [], next(n for n in self.nodes if n not in position)
         while name not in walk:
             walk.append(name)
-            name = next(source for source in preds[name] if source not in position)
+            name = next(source for source in producers[name] if source not in position)
         loop = walk[walk.index(name):]  # consumer -> producer
         return position, [loop[0], *reversed(loop[1:]), loop[0]]
 

@@ -37,5 +37,6 @@ def canonical(ref: str) -> str:
     return str(parse(ref))
 
 
+@lru_cache(maxsize=1 << 18)
 def node_of(ref: str) -> str:
     return parse(ref).node
