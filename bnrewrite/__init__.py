@@ -41,7 +41,7 @@ def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = ()) 
     (given the same `outputs`) will do with it and why; and the ops with side effects
     that verification would refuse to run. `path` only labels the report and error messages."""
     with _boundary(path):
-        graph = graphio.to_internal(graph_def)
+        graph = graphio.as_internal(graph_def)
         index = validate.check(graph, path, outputs)
         info = _info(graph, index, path)
         decisions = make_plan(index, "fold", _fetched(info, outputs))
@@ -62,14 +62,14 @@ def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
 
 def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str | None,
                    verify: VerifyOptions | None) -> tuple[Any, RewriteReport]:
-    graph = graphio.to_internal(graph_def)
+    graph = graphio.as_internal(graph_def)  # read only: the rewrite builds a new graph
     index = validate.check(graph, path, outputs)
     info = _info(graph, index, path)
     ops_before = Counter(node.op for node in graph.node)
     protected = _fetched(info, outputs)
     decisions = make_plan(index, mode, protected)
     result = _rewrite.apply(graph, index, decisions, protected)
-    problems = validate.problems(GraphIndex(result), outputs)
+    problems = validate.structural(result, outputs)
     if problems:
         raise RuntimeError(f"internal error: the rewrite produced an invalid graph: {problems[0]}")
     report = RewriteReport(info, mode, [entry(d) for d in decisions], len(result.node),

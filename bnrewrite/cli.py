@@ -8,16 +8,14 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import __version__, audit, load_graph, rewrite, save_graph, verify
-from .errors import BnRewriteError, CannotVerifyError, GraphLoadError
-from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, AuditReport, exit_code, to_json
-from .verify import BASE_TIMEOUT, DEFAULT_BATCH, TIMEOUT_PER_NODE, Options, probe, unchecked
-
-GRAPH_SUFFIXES = (".pb", ".pbtxt")
+from . import __version__, load_graph, rewrite, save_graph, verify, zoo
+from .errors import BnRewriteError, CannotVerifyError
+from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, exit_code, to_json
+from .verify import BASE_TIMEOUT, DEFAULT_BATCH, TIMEOUT_PER_NODE, Options
 
 
 class UsageError(BnRewriteError):
@@ -62,14 +60,17 @@ def _parser() -> argparse.ArgumentParser:
                           "it runs alone instead of in a batch (frozen training-mode batch norms)")
     _feed_flags(cmd)
     _limit_flags(cmd)
+    _jobs_flag(cmd)
     cmd.set_defaults(run=_audit)
 
     cmd = commands.add_parser(
         "rewrite", help="fold batch norms into the ops before them, fuse the rest",
         description="Rewrite a graph's batch norms, check in TensorFlow that every output is "
-                    "unchanged, and only then write OUT (atomically).")
-    cmd.add_argument("model", metavar="IN")
-    cmd.add_argument("-o", "--output", required=True, metavar="OUT", help=".pb or .pbtxt to write")
+                    "unchanged, and only then write OUT (atomically). IN may be a folder: every "
+                    ".pb/.pbtxt below it is rewritten to the same relative path below OUT.")
+    cmd.add_argument("model", metavar="IN", help="a .pb/.pbtxt file, or a folder of them")
+    cmd.add_argument("-o", "--output", required=True, metavar="OUT",
+                     help=".pb or .pbtxt to write (a folder when IN is one)")
     cmd.add_argument("--mode", choices=("fold", "fuse"), default="fold",
                      help="fold: into weights where possible (default); fuse: FusedBatchNormV3 only")
     cmd.add_argument("--in-place", action="store_true", help="allow OUT to be IN")
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     _feed_flags(cmd)
     _tolerance_flags(cmd)
     _limit_flags(cmd)
+    _jobs_flag(cmd)
     cmd.set_defaults(run=_rewrite)
 
     cmd = commands.add_parser(
@@ -106,6 +108,12 @@ def _feed_flags(cmd: argparse.ArgumentParser) -> None:
                      help="value of one input: a number, true/false, a .npy file, @FILE for its "
                           "bytes as a string (e.g. wav_data=@speech.wav), or text")
     cmd.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+
+def _jobs_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("-j", "--jobs", type=int, default=zoo.default_jobs(), metavar="N",
+                     help="graphs processed at once, each verifying in its own TensorFlow worker "
+                          "(default: the number of CPUs)")
 
 
 def _tolerance_flags(cmd: argparse.ArgumentParser) -> None:
@@ -152,30 +160,23 @@ def _size(value: str) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    reports: list[AuditReport] = []
-    status = EXIT_OK
-    for path in _graph_files(args.models):
-        try:
-            if isinstance(path, GraphLoadError):
-                raise path
-            graph = load_graph(path)
-            report = audit(graph, str(path), args.outputs)
-            if args.probe:
-                _progress(args, f"probing {path} in TensorFlow")
-                options = _options(args)
-                report.probe = [asdict(p) for p in probe(graph, options)]
-                report.trusted = unchecked([graph], list(args.outputs) or report.graph.outputs, options)
-            reports.append(report)
-        except BnRewriteError as error:  # the probe's errors learn which file they are about
-            status = max(status, _complain(error if error.path else type(error)(error.problem, str(path))))
+    probing = _options(args) if args.probe else None
+    tasks = [(zoo.audit_one, (path, args.outputs, probing)) for path in zoo.graph_files(args.models)]
+    outcomes = zoo.run(tasks, args.jobs, _show_progress(args) and len(tasks) > 1, "auditing")
+    for outcome in outcomes:
+        if outcome.error:
+            print(f"bnrewrite: {outcome.error}", file=sys.stderr)
+    reports = [outcome.report for outcome in outcomes if outcome.report is not None]
     if reports:
         print(to_json(reports) if args.format == "json" else
               "\n\n".join(report.to_text() for report in reports))
-    return status
+    return max(outcome.code for outcome in outcomes)
 
 
 def _rewrite(args: argparse.Namespace) -> int:
     source, target = Path(args.model), Path(args.output)
+    if source.is_dir():
+        return _rewrite_folder(args, source, target)
     if not args.in_place and target.exists() and source.exists() and target.samefile(source):
         raise UsageError("-o names the input itself; pass --in-place to replace it", args.output)
     graph = load_graph(source)
@@ -183,8 +184,43 @@ def _rewrite(args: argparse.Namespace) -> int:
     _progress(args, "rewriting" + ("" if args.no_verify else " and verifying in TensorFlow"))
     new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options)
     save_graph(new_graph, target)
-    _print(args, report.to_dict(), report.to_text() + f"\n  wrote {target}")
+    _print(args, report.to_dict, lambda: report.to_text() + f"\n  wrote {target}")
     return EXIT_OK
+
+
+def _rewrite_folder(args: argparse.Namespace, source: Path, target: Path) -> int:
+    """Every graph below `source` to the same relative path below `target`; a graph that
+    fails is reported and skipped, and the exit code is the worst of them."""
+    if target.exists() and not target.is_dir():
+        raise UsageError("IN is a folder, so -o must name a folder", args.output)
+    if target.resolve() == source.resolve() and not args.in_place:
+        raise UsageError("-o names the input folder itself; pass --in-place to replace its graphs",
+                         args.output)
+    options = None if args.no_verify else _options(args)
+    tasks = []
+    for path in zoo.graph_files([str(source)], exclude=None if args.in_place else target):
+        if isinstance(path, BnRewriteError):
+            raise path
+        tasks.append((zoo.rewrite_one, (path, target / path.relative_to(source), args.mode,
+                                        args.outputs, options)))
+    outcomes = zoo.run(tasks, args.jobs, _show_progress(args), "rewriting")
+    lines = []
+    for outcome in outcomes:
+        if outcome.report is not None:
+            s = outcome.report.summary()
+            lines.append(f"ok       {outcome.path} -> {outcome.output}: {s['fold']} folded, {s['fuse']} fused, "
+                         f"{s['skip']} left; " + ("not verified" if options is None else "verified"))
+        else:
+            lines.append(f"exit {outcome.code}   {outcome.error}")
+    written = sum(outcome.output is not None for outcome in outcomes)
+    summary = {"graphs": len(outcomes), "written": written,
+               "verification_failed": sum(outcome.code == EXIT_DIFFERS for outcome in outcomes),
+               "bad_input": sum(outcome.code == EXIT_BAD_INPUT for outcome in outcomes)}
+    lines.append(f"{summary['graphs']} graphs: {written} written, {summary['verification_failed']} "
+                 f"failed verification, {summary['bad_input']} could not be read, rewritten or verified")
+    _print(args, lambda: {"graphs": [outcome.to_dict() for outcome in outcomes], "summary": summary},
+           lambda: "\n".join(lines))
+    return max(outcome.code for outcome in outcomes)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -200,7 +236,7 @@ def _verify(args: argparse.Namespace) -> int:
         lines.append("(the original holds BatchNormWithGlobalNormalization: run with producer 8)")
     if result.trusted is not None:
         lines.append(f"(--trust-graph: side-effect ops ran unchecked: {', '.join(result.trusted) or 'none'})")
-    _print(args, {**asdict(result), "passed": result.passed}, "\n".join(lines + [result.describe()]))
+    _print(args, lambda: {**asdict(result), "passed": result.passed}, lambda: "\n".join(lines + [result.describe()]))
     return EXIT_OK if result.passed else EXIT_DIFFERS
 
 
@@ -246,25 +282,18 @@ def _feed(spec: str) -> tuple[str, Any]:
     return name, np.array(value.encode(), dtype=object)
 
 
-def _print(args: argparse.Namespace, data: dict, text: str) -> None:
-    print(json.dumps(data, indent=1, sort_keys=True) if args.format == "json" else text)
+def _print(args: argparse.Namespace, data: Callable[[], dict], text: Callable[[], str]) -> None:
+    """Only the format asked for is built: a 50k-node graph's JSON report takes a second."""
+    print(json.dumps(data(), indent=1, sort_keys=True) if args.format == "json" else text())
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _progress(args: argparse.Namespace, what: str) -> None:
-    if not args.quiet and sys.stderr.isatty():
+    if _show_progress(args):
         print(f"bnrewrite: {what}...", file=sys.stderr)
-
-
-def _graph_files(models: Sequence[str]) -> list[Path | GraphLoadError]:
-    found: list[Path | GraphLoadError] = []
-    for model in models:
-        path = Path(model)
-        if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.suffix in GRAPH_SUFFIXES and p.is_file())
-            found.extend(inside or [GraphLoadError("folder holds no .pb or .pbtxt files", model)])
-        else:
-            found.append(path)
-    return found
 
 
 def _complain(error: BnRewriteError) -> int:

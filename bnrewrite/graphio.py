@@ -85,6 +85,12 @@ def to_internal(graph_def: Any) -> Any:
     return copy
 
 
+def as_internal(graph_def: Any) -> Any:
+    """TensorBoard's GraphDef to read, not to change: the caller's own object when it is
+    one already (no copy of a big graph), else a converted copy."""
+    return graph_def if isinstance(graph_def, GraphDef) else to_internal(graph_def)
+
+
 def like(graph_def: Any, template: Any) -> Any:
     """Return `graph_def` as an instance of the class the caller gave us."""
     if isinstance(graph_def, type(template)):

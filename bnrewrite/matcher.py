@@ -1,8 +1,8 @@
 """match(pattern, index, tensor) -> Match | NoMatch: backtracking over pattern.py trees."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -45,9 +45,11 @@ class _Run:
         self.index = index
         self.deepest: tuple[int, str] = (-1, "")
 
-    def fail(self, depth: int, why: str) -> None:
+    def fail(self, depth: int, why: Callable[[], str]) -> None:
+        """Remember the deepest failure's reason; built only when it is the deepest, since
+        almost every attempt fails and most of them at the root."""
         if depth > self.deepest[0]:
-            self.deepest = (depth, why)
+            self.deepest = (depth, why())
 
     def match(self, pattern: Pattern, tensor: str, state: Match, depth: int = 0) -> Iterator[Match]:
         if isinstance(pattern, Op):
@@ -76,20 +78,20 @@ class _Run:
         tensor, chain = self._through(tensor, pattern.types)
         node = self.index.node(tensor)
         if node is None or node.op not in pattern.types or names.parse(tensor).index != 0:
-            self.fail(depth, f"{tensor}: want {'|'.join(sorted(pattern.types))}, "
-                             f"found {node.op if node is not None else 'nothing'}")
+            self.fail(depth, lambda: f"{tensor}: want {'|'.join(sorted(pattern.types))}, "
+                                     f"found {node.op if node is not None else 'nothing'}")
             return
         if pattern.name is not None:
             known = state.tensors.get(pattern.name)
             if known is not None and not self._same(known, tensor):
-                self.fail(depth, f"{tensor}: is not '{pattern.name}' ({known})")
+                self.fail(depth, lambda: f"{tensor}: is not '{pattern.name}' ({known})")
                 return
-            state = replace(state, tensors={**state.tensors, pattern.name: tensor})
+            state = Match({**state.tensors, pattern.name: tensor}, state.values, state.nodes, state.param_nodes)
         inputs = self.index.data_inputs(node.name)
         if len(inputs) != len(pattern.inputs):
-            self.fail(depth, f"{node.name}: {len(inputs)} inputs, want {len(pattern.inputs)}")
+            self.fail(depth, lambda: f"{node.name}: {len(inputs)} inputs, want {len(pattern.inputs)}")
             return
-        state = replace(state, nodes=state.nodes | {node.name, *chain})
+        state = Match(state.tensors, state.values, state.nodes | {node.name, *chain}, state.param_nodes)
         orders = [inputs]
         if node.op in COMMUTATIVE and len(inputs) == 2 and inputs[0] != inputs[1]:
             orders.append(inputs[::-1])
@@ -110,33 +112,29 @@ class _Run:
     def _var(self, name: str, tensor: str, state: Match, depth: int) -> Iterator[Match]:
         known = state.tensors.get(name)
         if known is None:
-            yield replace(state, tensors={**state.tensors, name: tensor})
+            yield Match({**state.tensors, name: tensor}, state.values, state.nodes, state.param_nodes)
         elif self._same(known, tensor):
             yield state
         else:
-            self.fail(depth, f"{tensor}: is not '{name}' ({known})")
+            self.fail(depth, lambda: f"{tensor}: is not '{name}' ({known})")
 
     def _value(self, pattern: Const | Param, tensor: str, state: Match, depth: int) -> Iterator[Match]:
         const = self.index.const_value(tensor)
         if const is None and isinstance(pattern, Const):
-            self.fail(depth, f"{tensor}: not a constant ('{pattern.name}')")
+            self.fail(depth, lambda: f"{tensor}: not a constant ('{pattern.name}')")
             return
         if isinstance(pattern, Const) and pattern.scalar and const.value.size != 1:
-            self.fail(depth, f"{tensor}: not a scalar ('{pattern.name}')")
+            self.fail(depth, lambda: f"{tensor}: not a scalar ('{pattern.name}')")
             return
         value = None if const is None else const.value
         if pattern.name in state.values:
             if not self._same_value(state, pattern.name, tensor, value):
-                self.fail(depth, f"{tensor}: differs from '{pattern.name}'")
+                self.fail(depth, lambda: f"{tensor}: differs from '{pattern.name}'")
                 return
             yield state
             return
-        yield replace(
-            state,
-            tensors={**state.tensors, pattern.name: tensor},
-            values={**state.values, pattern.name: value},
-            param_nodes=state.param_nodes | set(const.chain if const else ()),
-        )
+        yield Match({**state.tensors, pattern.name: tensor}, {**state.values, pattern.name: value},
+                    state.nodes, state.param_nodes | set(const.chain if const else ()))
 
     def _same_value(self, state: Match, name: str, tensor: str, value: np.ndarray | None) -> bool:
         known = state.values[name]

@@ -1,6 +1,7 @@
 """Tensor references as GraphDef spells them: "node", "node:1", "^node"."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 
@@ -15,6 +16,7 @@ class TensorRef(NamedTuple):
         return tensor_name(self.node, self.index)
 
 
+@lru_cache(maxsize=1 << 18)  # every pass re-reads the same input strings; a 50k-node graph has ~120k
 def parse(ref: str) -> TensorRef:
     """Split an input string into node name, output index and control flag."""
     if ref.startswith("^"):
@@ -35,5 +37,6 @@ def canonical(ref: str) -> str:
     return str(parse(ref))
 
 
+@lru_cache(maxsize=1 << 18)
 def node_of(ref: str) -> str:
     return parse(ref).node

@@ -1,9 +1,10 @@
-"""Apply a plan to a private copy of the graph: the one place that mutates.
+"""Apply a plan to a graph, building a new one: the one place that edits.
 
 Each batch norm's output keeps its node name (the new BiasAdd, Add or
 FusedBatchNormV3 takes it), so consumers and fetched names stay valid. New nodes
-are named after the host or the batch norm, deterministically. Afterwards, only
-the nodes the rewrite made dead are pruned.
+are named after the host or the batch norm, deterministically. Only the nodes the
+rewrite made dead are pruned. The input graph is never changed: a node that must
+change is copied first, so the nodes are copied once, into the result.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .plan import Decision, Fuse
 class _Editor:
     def __init__(self, graph: Any, index: GraphIndex) -> None:
         self.graph, self.index = graph, index
-        self.by_name = {node.name: node for node in graph.node}
+        self.by_name = index.nodes
         self.taken = set(self.by_name)
         self.before: dict[str, list[Any]] = defaultdict(list)
         self.replacements: dict[str, Any] = {}
@@ -56,19 +57,35 @@ class _Editor:
         node.input.extend(controls)
         self.replacements[finding.output] = node
 
-    def result(self) -> Any:
+    def edit(self, name: str) -> Any:
+        """A copy of node `name` to change, which takes its place in the result."""
+        if name not in self.replacements:
+            self.replacements[name] = type(self.by_name[name])()
+            self.replacements[name].CopyFrom(self.by_name[name])
+        return self.replacements[name]
+
+    def result(self, candidates: set[str]) -> Any:
+        """The new graph: every field of the old one, its nodes with additions and
+        replacements in place, and the candidates nothing reads any more pruned."""
         out = type(self.graph)()
-        out.CopyFrom(self.graph)
-        del out.node[:]
+        for descriptor, value in self.graph.ListFields():
+            if descriptor.name == "node":
+                continue
+            if descriptor.message_type is None:
+                setattr(out, descriptor.name, value)
+            else:
+                getattr(out, descriptor.name).CopyFrom(value)
+        order = []
         for node in self.graph.node:
-            out.node.extend(self.before.get(node.name, ()))
-            out.node.append(self.replacements.get(node.name, node))
+            order.extend(self.before.get(node.name, ()))
+            order.append(self.replacements.get(node.name, node))
+        out.node.extend(_pruned(order, candidates))
         return out
 
 
 def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protected: set[str]) -> Any:
-    """A new GraphDef with every fold and fuse applied and the dead pruned.
-    `graph` must be the private copy `index` was built on; it is changed in place."""
+    """A new GraphDef with every fold and fuse applied and the dead pruned; `index`
+    must have been built on `graph`, which is left as it was."""
     editor = _Editor(graph, index)
     candidates: set[str] = set()
     for decision in decisions:
@@ -87,7 +104,7 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
         candidates |= finding.nodes | finding.param_nodes
         if not isinstance(outcome, Fold) or outcome.direction == BACKWARD:
             protected = protected | {finding.output}  # its name now gives the same value
-    return _prune(editor.result(), candidates - protected)
+    return editor.result(candidates - protected)
 
 
 def _dtype(index: GraphIndex, node: str) -> int:
@@ -105,10 +122,10 @@ def _new_weights(ed: _Editor, node: Any, weights: np.ndarray) -> None:
 def _fold(ed: _Editor, decision: Decision) -> None:
     finding, host = decision.finding, decision.host
     for edit in decision.outcome.edits:
-        _new_weights(ed, ed.by_name[edit.node], edit.weights)
+        _new_weights(ed, ed.edit(edit.node), edit.weights)
     if host.bypass:  # a bias inside the chain: it is now part of the folded bias
         reader, tensor = host.bypass
-        ed.by_name[reader].input[0] = tensor
+        ed.edit(reader).input[0] = tensor
     dtype = _dtype(ed.index, host.node)
     bias = decision.outcome.bias.astype(tensors.numpy_dtype(dtype))
     bias_name = ed.const(f"{host.node}/bn_folded/bias", bias, finding.output)
@@ -122,17 +139,17 @@ def _fold_forward(ed: _Editor, finding: Finding, fold: Fold) -> None:
     controls = [ref for name in sorted(finding.nodes) for ref in ed.by_name[name].input if ref.startswith("^")
                 and names.node_of(ref) not in finding.nodes]
     for edit in fold.edits:
-        entry = ed.by_name[edit.entry]
+        entry = ed.edit(edit.entry)
         entry.input[0] = finding.x
         entry.input.extend(ref for ref in controls if ref not in entry.input)
-        node = ed.by_name[edit.node]
+        node = ed.edit(edit.node)
         _new_weights(ed, node, edit.weights)
         if edit.bias is None:
             continue
         dtype = _dtype(ed.index, edit.node)
         bias = ed.const(f"{edit.node}/bn_folded/bias", edit.bias.astype(tensors.numpy_dtype(dtype)), edit.node)
         if edit.bias_node is not None:
-            ed.by_name[edit.bias_node].input[1] = bias
+            ed.edit(edit.bias_node).input[1] = bias
             continue
         moved = type(node)()
         moved.CopyFrom(node)
@@ -196,11 +213,12 @@ def _colocated_with(node: Any) -> list[str]:
     return [s.decode()[5:] for s in node.attr["_class"].list.s if s.startswith(b"loc:@")]
 
 
-def _prune(graph: Any, candidates: set[str]) -> Any:
-    """Remove candidates nothing reads any more (data, control or colocation), repeatedly."""
+def _pruned(order: list[Any], candidates: set[str]) -> list[Any]:
+    """`order` without the candidates nothing reads any more (data, control or
+    colocation), found repeatedly: a dead node's inputs may die with it."""
     uses: Counter[str] = Counter()
-    by_name = {node.name: node for node in graph.node}
-    for node in graph.node:
+    by_name = {node.name: node for node in order}
+    for node in order:
         uses.update(names.node_of(ref) for ref in node.input)
         uses.update(_colocated_with(node))
     dead: set[str] = set()
@@ -214,7 +232,4 @@ def _prune(graph: Any, candidates: set[str]) -> Any:
             uses[source] -= 1
             if source in candidates:
                 work.append(source)
-    kept = [node for node in graph.node if node.name not in dead]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return graph
+    return [node for node in order if node.name not in dead]

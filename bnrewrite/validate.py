@@ -14,24 +14,33 @@ from .index import GraphIndex
 
 
 def problems(index: GraphIndex, outputs: Iterable[str] = ()) -> list[str]:
+    found = structural(index.graph_def, outputs)
+    cycle = index.find_cycle()
+    if cycle:
+        found.append(f"cycle: {' -> '.join(cycle)}")
+    return found
+
+
+def structural(graph_def: Any, outputs: Iterable[str] = ()) -> list[str]:
+    """Duplicate or empty names, missing ops, dangling inputs and outputs: one pass, no
+    index. What the rewrite's result is checked for: every node it adds reads tensors
+    that come before the batch norm it replaces, so it cannot close a cycle."""
     found: list[str] = []
-    for name, count in sorted(Counter(index.order).items()):
+    counts = Counter(node.name for node in graph_def.node)
+    for name, count in sorted(counts.items()):
         if count > 1:
             found.append(f"duplicate node name '{name}' ({count} nodes)")
-    for node in index.graph_def.node:
+    for node in graph_def.node:
         if not node.name:
             found.append("a node has an empty name")
         if not node.op:
             found.append(f"node '{node.name}' has no op")
         for ref in node.input:
-            if names.node_of(ref) not in index.nodes:
+            if names.node_of(ref) not in counts:
                 found.append(f"node '{node.name}' reads '{ref}', which is not in the graph")
     for output in outputs:
-        if names.node_of(output) not in index.nodes:
+        if names.node_of(output) not in counts:
             found.append(f"output '{output}' is not in the graph")
-    cycle = index.find_cycle()
-    if cycle:
-        found.append(f"cycle: {' -> '.join(cycle)}")
     return found
 
 
