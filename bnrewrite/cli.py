@@ -12,10 +12,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import __version__, audit, load_graph, rewrite, save_graph, verify
+from . import __version__, audit, load_graph, rewrite, save_graph, tfrun, verify
 from .errors import BnRewriteError, CannotVerifyError, GraphLoadError
-from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, AuditReport, exit_code, to_json
-from .verify import DEFAULT_BATCH, Options, probe
+from .report import (EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, AuditReport, exit_code, to_json,
+                     verification_lines)
+from .probe import probe
+from .verify import DEFAULT_BATCH, Options
 
 GRAPH_SUFFIXES = (".pb", ".pbtxt")
 
@@ -96,7 +98,8 @@ def _feed_flags(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--outputs", nargs="+", default=[], metavar="NAME",
                      help="tensors to compare and keep (default: nodes nothing consumes)")
     cmd.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                     help=f"size of unknown dimensions (default {DEFAULT_BATCH})")
+                     help=f"size of an unknown batch dimension (default {DEFAULT_BATCH}); other unknown "
+                          "dimensions follow the graph (see the report)")
     cmd.add_argument("--input-shape", action="append", default=[], metavar="NAME=D,D,...",
                      help="shape of one input, e.g. image=1,368,432,3")
     cmd.add_argument("--feed", action="append", default=[], metavar="NAME=VALUE",
@@ -106,8 +109,9 @@ def _feed_flags(cmd: argparse.ArgumentParser) -> None:
 
 
 def _tolerance_flags(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--rtol", type=float, help="relative tolerance (default: by dtype)")
-    cmd.add_argument("--atol", type=float, help="absolute tolerance (default: by dtype)")
+    cmd.add_argument("--rtol", type=float, help="accept max|a-b| <= atol + rtol x max|a| instead of the "
+                                                "bound calibrated on the graph's own rounding noise")
+    cmd.add_argument("--atol", type=float, help="absolute tolerance (with --rtol; each defaults by dtype)")
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -135,27 +139,35 @@ def _rewrite(args: argparse.Namespace) -> int:
     source, target = Path(args.model), Path(args.output)
     if not args.in_place and target.exists() and source.exists() and target.samefile(source):
         raise UsageError("-o names the input itself; pass --in-place to replace it", args.output)
+    if not args.no_verify and not tfrun.available():
+        raise CannotVerifyError("TensorFlow is not installed, so the rewrite cannot be verified: "
+                                "pip install 'bnrewrite[tensorflow]', or pass --no-verify to write it "
+                                "unverified", args.model)
     graph = load_graph(source)
     options = None if args.no_verify else _options(args)
     _progress(args, "rewriting" + ("" if args.no_verify else " and verifying in TensorFlow"))
-    new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options)
+    try:
+        new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options)
+    except CannotVerifyError as error:
+        raise CannotVerifyError(f"{error.problem} (--no-verify skips the check)", error.path) from None
     save_graph(new_graph, target)
     _print(args, report.to_dict(), report.to_text() + f"\n  wrote {target}")
     return EXIT_OK
 
 
 def _verify(args: argparse.Namespace) -> int:
+    both = f"{args.original}, {args.rewritten}"
+    if not tfrun.available():
+        raise CannotVerifyError("TensorFlow is not installed, and verify runs both graphs in it: pip install "
+                                "'bnrewrite[tensorflow]' (audit and rewrite --no-verify work without it)", both)
     original, rewritten = load_graph(args.original), load_graph(args.rewritten)
     _progress(args, "running both graphs in TensorFlow")
     try:
         result = verify(original, rewritten, _options(args))
     except CannotVerifyError as error:
-        raise CannotVerifyError(error.problem, f"{args.original}, {args.rewritten}") from None
-    lines = [f"{c.name}: {'ok' if c.passed else 'DIFFERS'}  max abs {c.max_abs:.3g}  max rel "
-             f"{c.max_rel:.3g}  ({c.dtype}, rtol {c.rtol:g}, atol {c.atol:g})" for c in result.outputs]
-    if result.lowered_producer:
-        lines.append("(the original holds BatchNormWithGlobalNormalization: run with producer 8)")
-    _print(args, {**asdict(result), "passed": result.passed}, "\n".join(lines + [result.describe()]))
+        raise CannotVerifyError(f"{error.problem} (--input-shape and --feed choose the inputs)", both) from None
+    data = {**asdict(result), "passed": result.passed}
+    _print(args, data, "\n".join(verification_lines(data) + [result.describe()]))
     return EXIT_OK if result.passed else EXIT_DIFFERS
 
 

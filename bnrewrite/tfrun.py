@@ -6,11 +6,17 @@ child: `python -m bnrewrite.tfrun` serves run requests over its stdin/stdout, wi
 stderr discarded. The worker is started on first use and kept for later calls (one
 TensorFlow import per process); if it dies, the call raises CannotVerifyError and the
 next call starts a new one.
+
+NCHW convolutions have CPU kernels only through oneDNN (DESIGN §7): the worker turns it on
+unless the user set TF_ENABLE_ONEDNN_OPTS; verify.py handles CPUs where that is not enough.
+Whether TensorFlow is installed is checked here without importing it (find_spec).
 """
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
+import re
 import pickle
 import struct
 import subprocess
@@ -23,15 +29,32 @@ from . import names
 from .errors import CannotVerifyError
 
 _worker: subprocess.Popen | None = None
+ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
+MISSING = ("TensorFlow is not installed, so nothing can be verified: pip install 'bnrewrite[tensorflow]', "
+           "or skip verification (--no-verify; verify=None in the API)")
 
 
-def run(graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
-    """Outputs `fetches` of the serialized GraphDef `graph`, fed `feeds`."""
+def available() -> bool:
+    """Is TensorFlow installed? Answered without importing it (that takes seconds)."""
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def onednn_off() -> bool:
+    """Did the user turn oneDNN off for the worker? (Unset: the worker turns it on.)"""
+    return os.environ.get(ONEDNN, "1").strip().lower() in ("0", "false")
+
+
+def run(graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Sequence[str],
+        label: str = "the graph") -> list[np.ndarray]:
+    """Outputs `fetches` of the serialized GraphDef `graph`, fed `feeds`. Errors name the
+    graph by `label` and carry TensorFlow's reason."""
     global _worker
     if _worker is None or _worker.poll() is not None:
+        if not available():
+            raise CannotVerifyError(MISSING)
+        env = {ONEDNN: "1", **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         _worker = subprocess.Popen([sys.executable, "-m", "bnrewrite.tfrun"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     try:
         _send(_worker.stdin, (graph, dict(feeds), list(fetches)))
         status, payload = _receive(_worker.stdout)
@@ -39,11 +62,33 @@ def run(graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -
         code = _worker.wait()
         _worker = None
         what = f"signal {-code}" if code < 0 else f"exit {code}"
-        raise CannotVerifyError(f"TensorFlow crashed ({what}) running the graph"
-                                " (--no-verify skips the check)") from None
+        raise CannotVerifyError(f"TensorFlow crashed ({what}) running {label}") from None
     if status != "ok":
-        raise CannotVerifyError(f"TensorFlow cannot run the graph: {payload} (--no-verify skips the check)")
+        raise CannotVerifyError(f"TensorFlow cannot run {label}: {reason(*payload)}")
     return payload
+
+
+# Lines of TensorFlow's messages that say where, not why: its headline, the Python stack
+# of whoever built the graph, and the node (read separately).
+_NOISE = re.compile(r"^(Graph execution error:|Detected at node|Node: |<stack trace unavailable>|File \"|"
+                    r"\[\[.*\]\]$)")
+LONG = 160
+_NODE = re.compile(r"\[\[(?:\{\{)?(?:node )?([^\]{}]+?)(?:\}\})?\]\]|^Node: '([^']+)'")
+
+
+def reason(kind: str, message: str) -> str:
+    """The informative part of a TensorFlow error: its status (from the exception class,
+    UnimplementedError -> UNIMPLEMENTED), the first line that says why, and the node."""
+    lines = [line.strip() for line in message.splitlines()]
+    why = next((line for line in lines if line and not _NOISE.match(line)), "")
+    if len(why) > LONG:  # the reason, then advice about tf.contrib and the like
+        why = re.split(r"(?<=\.) (?=[A-Z])", why, maxsplit=1)[0]
+    node = next((m.group(1) or m.group(2) for m in map(_NODE.search, lines) if m), None)
+    status = re.sub(r"(?<!^)(?=[A-Z])", "_", kind.removesuffix("Error")).upper() if kind.endswith("Error") \
+        and kind not in ("ValueError", "TypeError", "KeyError") else ""
+    text = ": ".join(part for part in (status, why) if part) or kind
+    named = node and (f"node {node}" in why or f"'{node}'" in why)
+    return f"{text} [[node {node}]]" if node and not named else text
 
 
 @atexit.register
@@ -96,8 +141,7 @@ def _serve() -> None:
         try:
             reply = ("ok", _execute(tf, graph, feeds, fetches))
         except (ValueError, TypeError, KeyError, tf.errors.OpError) as error:
-            message = (getattr(error, "message", None) or str(error)).strip()
-            reply = ("error", message.splitlines()[0] if message else type(error).__name__)
+            reply = ("error", (type(error).__name__, getattr(error, "message", None) or str(error)))
         _send(stdout, reply)
 
 

@@ -115,7 +115,7 @@ def test_options_reach_the_feeds():
 
 def test_probe_tells_batch_dependent_graphs_apart(capsys):
     from bnrewrite import cli
-    from bnrewrite.verify import probe
+    from bnrewrite.probe import probe
     (independent,) = probe(bnrewrite.load_graph(fixture_path("fbn_v3_conv_nhwc")))
     assert independent.batch == 2 and independent.max_rel < 1e-6
     code = cli.main(["audit", "--probe", "--format", "json", "--batch", "3",
@@ -127,7 +127,7 @@ def test_probe_tells_batch_dependent_graphs_apart(capsys):
 
 
 def test_probe_needs_a_batch():
-    from bnrewrite.verify import probe
+    from bnrewrite.probe import probe
     graph = bnrewrite.load_graph(fixture_path("fbn_v3_conv_nhwc"))
     with pytest.raises(bnrewrite.BnRewriteError, match="batch dimension of 2"):
         probe(graph, Options(shapes={"x": [1, 7, 5, 3]}))
