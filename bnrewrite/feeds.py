@@ -5,7 +5,7 @@ tells: the placeholder's `_output_shapes`, the size a constant Reshape downstrea
 expects, or, for an image (rank 4 feeding convolutions or pools), a side of at least the
 conv stack's receptive field (rounded up to its total stride, at most MAX_SIDE), else
 IMAGE_SIDE. A 2x2 image through a detector tests almost nothing: a spatial side that
-leaves the deepest feature map smaller than the kernels sliding over it is warned about.
+leaves most windowed ops a feature map smaller than their window is warned about.
 No TensorFlow here.
 """
 from __future__ import annotations
@@ -44,8 +44,12 @@ class ConvStack:
     """What the windowed ops reachable from an input see, in input pixels."""
     receptive_field: int
     stride: int  # total stride to the deepest feature map
-    kernel: int  # the largest window (kernel x dilation)
+    windows: tuple[tuple[int, int], ...]  # per windowed op: (stride before it, window extent)
     spatial: tuple[int, int]  # the image axes, from the first op's data_format
+
+    def padded(self, side: int) -> int:
+        """How many windowed ops see a feature map narrower than their window."""
+        return sum(math.ceil(side / stride) < window for stride, window in self.windows)
 
 
 def make_feeds(graph_def: Any, options: "Options") -> Feeds:
@@ -101,7 +105,8 @@ def _default_shape(index: GraphIndex, node: Any, batch: int, stack: ConvStack | 
         return shape, source
     unknown = [i for i, d in enumerate(shape) if d < 0]
     if len(shape) == 4 and stack is not None:
-        side = min(MAX_SIDE, max(MIN_SIDE, math.ceil(stack.receptive_field / stack.stride) * stack.stride))
+        wanted = max(MIN_SIDE, stack.receptive_field, *(s * w for s, w in stack.windows))
+        side = min(MAX_SIDE, math.ceil(wanted / stack.stride) * stack.stride)
         for i in unknown:
             shape[i] = side if i in stack.spatial else 3
         return shape, f"receptive field {stack.receptive_field} px, stride {stack.stride}"
@@ -142,7 +147,7 @@ def conv_stack(index: GraphIndex, name: str) -> ConvStack | None:
     its consumers in topological order; None when it feeds none."""
     position = index.topo_position
     reached: dict[str, tuple[int, int]] = {name: (1, 1)}  # node -> (receptive field, stride)
-    spatial, kernel = None, 0
+    spatial, windows = None, []
     for user in sorted(_downstream(index, name), key=position.get):
         fields = [reached[names.node_of(ref)] for ref in index.data_inputs(user) if names.node_of(ref) in reached]
         if not fields:
@@ -156,12 +161,12 @@ def conv_stack(index: GraphIndex, name: str) -> ConvStack | None:
         axes = SPATIAL.get(node.attr["data_format"].s.decode(errors="replace") or "NHWC", (1, 2))
         spatial = spatial or axes
         size, dilation, stride = window
-        kernel = max(kernel, (size - 1) * dilation + 1)
+        windows.append((stride_in, (size - 1) * dilation + 1))
         reached[user] = (field_in + (size - 1) * dilation * stride_in, stride_in * stride)
     if spatial is None:
         return None
     field_max = max(f for f, _ in reached.values())
-    return ConvStack(field_max, max(s for _, s in reached.values()), kernel, spatial)
+    return ConvStack(field_max, max(s for _, s in reached.values()), tuple(windows), spatial)
 
 
 def _downstream(index: GraphIndex, name: str) -> set[str]:
@@ -192,9 +197,9 @@ def _padding_warning(name: str, shape: list[int], stack: ConvStack | None) -> li
     if stack is None or len(shape) != 4:
         return []
     side = min(shape[i] for i in stack.spatial)
-    deepest = math.ceil(side / stack.stride)
-    if deepest >= stack.kernel:
+    padded = stack.padded(side)
+    if 2 * padded <= len(stack.windows):
         return []
-    return [f"input '{name}' is {side} px wide: its deepest feature map (stride {stack.stride}) is "
-            f"{deepest} px, smaller than the {stack.kernel}-px windows over it, so most of the graph "
-            f"sees padding; --input-shape sets a larger one"]
+    return [f"input '{name}' is {side} px wide: {padded} of its {len(stack.windows)} convolutions and "
+            f"pools slide over feature maps narrower than their window, so most of the graph sees "
+            f"padding; --input-shape sets a larger one"]

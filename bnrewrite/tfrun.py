@@ -49,9 +49,9 @@ def run(graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Sequence[str],
     """Outputs `fetches` of the serialized GraphDef `graph`, fed `feeds`. Errors name the
     graph by `label` and carry TensorFlow's reason."""
     global _worker
+    if not available():
+        raise CannotVerifyError(MISSING)
     if _worker is None or _worker.poll() is not None:
-        if not available():
-            raise CannotVerifyError(MISSING)
         env = {ONEDNN: "1", **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         _worker = subprocess.Popen([sys.executable, "-m", "bnrewrite.tfrun"], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)

@@ -131,3 +131,84 @@ def test_probe_needs_a_batch():
     graph = bnrewrite.load_graph(fixture_path("fbn_v3_conv_nhwc"))
     with pytest.raises(bnrewrite.BnRewriteError, match="batch dimension of 2"):
         probe(graph, Options(shapes={"x": [1, 7, 5, 3]}))
+
+
+def test_a_subtle_corruption_is_caught():
+    """One folded weight off by 1e-3 of its value: far inside the old fixed tolerance's
+    reach for deep graphs, still far outside this graph's own rounding noise."""
+    from test_cli_rewrite import _corrupt
+    original = bnrewrite.load_graph(fixture_path("fbn_v3_conv_nhwc"))
+    good, _ = bnrewrite.rewrite(original)
+
+    def nudge(w):
+        w = w.copy()
+        w.flat[7] *= np.float32(1 + 1e-3)
+        return w
+    bad = _corrupt(type(good).FromString(good.SerializeToString()), "conv1/Conv2D/bn_folded/weights", nudge)
+    result = bnrewrite.verify(original, bad)
+    (check,) = result.outputs
+    assert not result.passed and check.max_abs > check.bound > check.noise > 0
+    assert bnrewrite.verify(original, good).passed
+
+
+def _nchw_and_nhwc_twins(builder):
+    from test_verify_units import _nchw_conv_pool
+    nchw = _nchw_conv_pool(builder)
+    nhwc = type(nchw)()
+    nhwc.CopyFrom(nchw)
+    for node in nhwc.node:
+        if "data_format" in node.attr:
+            node.attr["data_format"].s = b"NHWC"
+            for key in ("strides", "ksize", "dilations"):
+                if key in node.attr:
+                    values = list(node.attr[key].list.i)
+                    node.attr[key].list.i[:] = [values[i] for i in (0, 2, 3, 1)]
+    node = next(n for n in nhwc.node if n.name == "conv")
+    node.attr["explicit_paddings"].list.i[:] = [0, 0, 1, 2, 3, 4, 0, 0]
+    return nchw, nhwc
+
+
+def test_channels_last_runs_compute_what_channels_first_ops_do(builder):
+    """layout.py on a strided, explicitly padded NCHW conv and pool equals the same graph
+    written NHWC: on any CPU, whatever oneDNN does."""
+    from bnrewrite import layout
+    from bnrewrite.verify import run
+    nchw, nhwc = _nchw_and_nhwc_twins(builder)
+    x = np.random.default_rng(0).standard_normal((2, 4, 9, 11)).astype(np.float32)
+    (got,) = run(layout.to_channels_last(nchw), {"x": x}, ["bias"])
+    (want,) = run(nhwc, {"x": x.transpose(0, 2, 3, 1)}, ["bias"])
+    np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), rtol=1e-6, atol=1e-5)
+
+
+def test_with_onednn_off_nchw_graphs_verify_channels_last(monkeypatch):
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    graph = bnrewrite.load_graph(fixture_path("fbn_v1_conv_nchw"))
+    rewritten, _ = bnrewrite.rewrite(graph)
+    result = bnrewrite.verify(graph, rewritten)
+    assert result.passed and result.channels_last == 1
+
+
+def test_without_tensorflow_the_api_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # what find_spec sees when it is not installed
+    graph = bnrewrite.load_graph(fixture_path("bnwgn_conv_scale"))
+    with pytest.raises(bnrewrite.CannotVerifyError, match=r"not installed.*bnrewrite\[tensorflow\].*verify=None"):
+        bnrewrite.rewrite(graph, verify=Options())
+    assert bnrewrite.rewrite(graph)[1].summary()["fold"] == 1
+
+
+def test_without_tensorflow_the_cli_exits_2_and_audit_still_works(tmp_path):
+    """The CLI in a process where `tensorflow` cannot be found (sys.modules[name] = None
+    is Python's documented way to make an import fail)."""
+    shim = ("import sys; sys.modules['tensorflow'] = None; from bnrewrite.cli import main; "
+            "sys.argv[0] = 'bnrewrite'; sys.exit(main())")
+    cli = lambda *args: subprocess.run([sys.executable, "-c", shim, *map(str, args)], capture_output=True,
+                                       text=True, timeout=60)
+    graph, out = fixture_path("bnwgn_conv_scale"), tmp_path / "x.pb"
+    for result in (cli("rewrite", graph, "-o", out), cli("verify", graph, graph)):
+        assert result.returncode == 2 and not out.exists()
+        line, = result.stderr.strip().splitlines()
+        assert "TensorFlow is not installed" in line and "pip install 'bnrewrite[tensorflow]'" in line
+        assert "--no-verify" in line
+    assert cli("audit", graph).returncode == 0
+    result = cli("rewrite", graph, "-o", out, "--no-verify")
+    assert result.returncode == 0 and out.exists(), result.stderr
