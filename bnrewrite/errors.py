@@ -29,3 +29,8 @@ class VerificationError(BnRewriteError):
 
 class CannotVerifyError(BnRewriteError):
     """TensorFlow cannot run the graph (unknown op, input it cannot fill, ...)."""
+
+
+class GraphRunError(CannotVerifyError):
+    """TensorFlow ran the graph and reported why it cannot (its status, reason and node),
+    as opposed to crashing or not being installed."""

@@ -44,11 +44,11 @@ class ConvStack:
     """What the windowed ops reachable from an input see, in input pixels."""
     receptive_field: int
     stride: int  # total stride to the deepest feature map
-    windows: tuple[tuple[int, int], ...]  # per windowed op: (stride before it, window extent)
+    windows: tuple[tuple[int, int], ...]  # per op wider than 1 px: (stride before it, window extent)
     spatial: tuple[int, int]  # the image axes, from the first op's data_format
 
     def padded(self, side: int) -> int:
-        """How many windowed ops see a feature map narrower than their window."""
+        """How many of those ops see a feature map narrower than their window."""
         return sum(math.ceil(side / stride) < window for stride, window in self.windows)
 
 
@@ -109,7 +109,8 @@ def _default_shape(index: GraphIndex, node: Any, batch: int, stack: ConvStack | 
         side = min(MAX_SIDE, math.ceil(wanted / stack.stride) * stack.stride)
         for i in unknown:
             shape[i] = side if i in stack.spatial else 3
-        return shape, f"receptive field {stack.receptive_field} px, stride {stack.stride}"
+        capped = f", capped at {MAX_SIDE}" if side == MAX_SIDE and wanted > MAX_SIDE else ""
+        return shape, f"covers the conv stack's receptive field ({stack.receptive_field} px{capped}), stride {stack.stride}"
     size = _reshape_size(index, node.name)
     known = math.prod(d for i, d in enumerate(shape) if i > 0 and d >= 0)
     if size is not None and len(unknown) == 1 and size % known == 0:
@@ -161,7 +162,8 @@ def conv_stack(index: GraphIndex, name: str) -> ConvStack | None:
         axes = SPATIAL.get(node.attr["data_format"].s.decode(errors="replace") or "NHWC", (1, 2))
         spatial = spatial or axes
         size, dilation, stride = window
-        windows.append((stride_in, (size - 1) * dilation + 1))
+        if size > 1:  # a 1x1 convolution sees no padding
+            windows.append((stride_in, (size - 1) * dilation + 1))
         reached[user] = (field_in + (size - 1) * dilation * stride_in, stride_in * stride)
     if spatial is None:
         return None

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Mapping, Sequence
 import numpy as np
 
 from . import names
-from .errors import CannotVerifyError
+from .errors import CannotVerifyError, GraphRunError
 
 _worker: subprocess.Popen | None = None
 ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
@@ -64,7 +64,7 @@ def run(graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Sequence[str],
         what = f"signal {-code}" if code < 0 else f"exit {code}"
         raise CannotVerifyError(f"TensorFlow crashed ({what}) running {label}") from None
     if status != "ok":
-        raise CannotVerifyError(f"TensorFlow cannot run {label}: {reason(*payload)}")
+        raise GraphRunError(f"TensorFlow cannot run {label}: {reason(*payload)}")
     return payload
 
 

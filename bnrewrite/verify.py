@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import graphio, layout, tensors, tfrun
-from .errors import CannotVerifyError
+from .errors import CannotVerifyError, GraphRunError
 from .feeds import make_feeds
 from .index import GraphIndex
 
@@ -39,6 +39,7 @@ class OutputCheck:
     dtype: str
     max_abs: float  # observed: the largest difference
     max_rel: float  # max_abs relative to the original output's scale
+    scale: float  # the largest finite magnitude of the original output
     bound: float  # the largest max_abs accepted
     noise: float | None  # how far the output moves under one-ulp constants; None: not calibrated
     rule: str  # how `bound` was set
@@ -139,8 +140,8 @@ def compare(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float | N
     label = str(expected.dtype)
 
     def check(max_abs: float, max_rel: float, bound: float, passed: bool, problem: str | None = None,
-              noise: float | None = None, rule: str = "exact") -> OutputCheck:
-        return OutputCheck(name, label, max_abs, max_rel, bound, noise, rule, passed, problem)
+              noise: float | None = None, rule: str = "exact", scale: float = 0.0) -> OutputCheck:
+        return OutputCheck(name, label, max_abs, max_rel, scale, bound, noise, rule, passed, problem)
 
     if expected.shape != actual.shape:
         return check(float("inf"), float("inf"), 0.0, False, f"shape {actual.shape} != {expected.shape}")
@@ -166,7 +167,7 @@ def compare(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float | N
         rtol = default_rtol if rtol is None else rtol
         atol = default_atol if atol is None else atol
         bound, rule = atol + rtol * scale, f"{atol:g} + {rtol:g} x scale"
-    return check(max_abs, max_rel, bound, max_abs <= bound, noise=noise, rule=rule)
+    return check(max_abs, max_rel, bound, max_abs <= bound, noise=noise, rule=rule, scale=scale)
 
 
 def _special_values(a: np.ndarray, b: np.ndarray) -> str | None:
@@ -204,7 +205,7 @@ class _Runs:
     def run(self, label: str, fetches: Sequence[str]) -> list[np.ndarray]:
         try:
             return self._run(label, fetches)
-        except CannotVerifyError:
+        except GraphRunError:  # not a crash: that would only crash again
             if self.channels_last or not self.channels_first:
                 raise
             self.channels_last = True

@@ -137,3 +137,14 @@ def test_malformed_flags_exit_2(tmp_path, capsys, flag):
     code, _, err = run(capsys, "verify", fixture_path("fbn_v1_conv_nhwc"), fixture_path("fbn_v1_conv_nhwc"),
                        flag)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_errors_name_the_graph_that_could_not_run(tmp_path, capsys):
+    good = fixture_path("fbn_v3_conv_nhwc")
+    broken = bnrewrite.load_graph(good)
+    next(n for n in broken.node if n.op == "Relu").op = "VendorRelu"
+    bnrewrite.save_graph(broken, tmp_path / "broken.pb")
+    code, _, err = run(capsys, "verify", good, tmp_path / "broken.pb")
+    line, = err.strip().splitlines()
+    assert code == 2 and "TensorFlow cannot run the rewritten graph: NOT_FOUND: Op type not registered " \
+        "'VendorRelu'" in line

@@ -73,3 +73,14 @@ def test_training_mode_batch_norms_keep_batch_statistics(realgraphs):
     assert np.abs(batch[:1] - alone).max() > 1e-3  # batch statistics really are in use
     reference = run(original, feeds, ["Openpose/concat_stage7"])[0]
     assert compare("out", reference, batch).passed
+
+
+def test_default_shapes_exercise_a_fully_dynamic_image_input(realgraphs):
+    """tfpose's input is [-1, -1, -1, 3]: a batch of 2 images covering the conv stack's
+    receptive field, not 2x2 pixels; and 2x2 given by hand is warned about."""
+    graph = bnrewrite.load_graph(realgraphs / "tfpose_mnv2_small_opt.pb")
+    feeds = make_feeds(graph, Options())
+    assert feeds["image"].shape == (2, 512, 512, 3) and feeds.warnings == []
+    assert "receptive field (843 px, capped at 512), stride 16" in feeds.sources["image"]
+    (warning,) = make_feeds(graph, Options(shapes={"image": [1, 2, 2, 3]})).warnings
+    assert "50 of its 50 convolutions and pools" in warning

@@ -145,7 +145,7 @@ def test_unknown_image_sides_cover_the_receptive_field(builder):
     assert stack.windows == ((1, 7), (2, 3), (4, 3), (4, 3))
     feeds = make_feeds(graph, Options())
     assert feeds["image"].shape == (2, 32, 32, 3)  # at least 32, a multiple of the stride
-    assert "receptive field 27 px" in feeds.sources["image"] and feeds.warnings == []
+    assert "receptive field (27 px), stride 8" in feeds.sources["image"] and feeds.warnings == []
 
 
 def test_tiny_images_are_warned_about(builder):
