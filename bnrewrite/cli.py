@@ -115,6 +115,8 @@ def _tolerance_flags(cmd: argparse.ArgumentParser) -> None:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    if args.probe:
+        _need_tensorflow(" ".join(args.models), "and --probe runs each graph in it", " (audit without --probe needs none)")
     reports: list[AuditReport] = []
     status = EXIT_OK
     for path in _graph_files(args.models):
@@ -139,10 +141,9 @@ def _rewrite(args: argparse.Namespace) -> int:
     source, target = Path(args.model), Path(args.output)
     if not args.in_place and target.exists() and source.exists() and target.samefile(source):
         raise UsageError("-o names the input itself; pass --in-place to replace it", args.output)
-    if not args.no_verify and not tfrun.available():
-        raise CannotVerifyError("TensorFlow is not installed, so the rewrite cannot be verified: "
-                                "pip install 'bnrewrite[tensorflow]', or pass --no-verify to write it "
-                                "unverified", args.model)
+    if not args.no_verify:
+        _need_tensorflow(args.model, "so the rewrite cannot be verified",
+                         ", or pass --no-verify to write it unverified")
     graph = load_graph(source)
     options = None if args.no_verify else _options(args)
     _progress(args, "rewriting" + ("" if args.no_verify else " and verifying in TensorFlow"))
@@ -157,9 +158,7 @@ def _rewrite(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     both = f"{args.original}, {args.rewritten}"
-    if not tfrun.available():
-        raise CannotVerifyError("TensorFlow is not installed, and verify runs both graphs in it: pip install "
-                                "'bnrewrite[tensorflow]' (audit and rewrite --no-verify work without it)", both)
+    _need_tensorflow(both, "and verify runs both graphs in it", " (audit and rewrite --no-verify work without it)")
     original, rewritten = load_graph(args.original), load_graph(args.rewritten)
     _progress(args, "running both graphs in TensorFlow")
     try:
@@ -169,6 +168,13 @@ def _verify(args: argparse.Namespace) -> int:
     data = {**asdict(result), "passed": result.passed}
     _print(args, data, "\n".join(verification_lines(data) + [result.describe()]))
     return EXIT_OK if result.passed else EXIT_DIFFERS
+
+
+def _need_tensorflow(path: str, why: str, otherwise: str) -> None:
+    """Checked before any work, without importing TensorFlow (DESIGN §6)."""
+    if not tfrun.available():
+        raise CannotVerifyError(f"TensorFlow is not installed, {why}: pip install 'bnrewrite[tensorflow]'{otherwise}",
+                                path)
 
 
 def _options(args: argparse.Namespace) -> Options:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
-import re
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -77,16 +77,16 @@ _NODE = re.compile(r"\[\[(?:\{\{)?(?:node )?([^\]{}]+?)(?:\}\})?\]\]|^Node: '([^
 
 
 def reason(kind: str, message: str) -> str:
-    """The informative part of a TensorFlow error: its status (from the exception class,
-    UnimplementedError -> UNIMPLEMENTED), the first line that says why, and the node."""
+    """The informative part of a TensorFlow error: its status (from the class of an
+    OpError, UnimplementedError -> UNIMPLEMENTED; `kind` is empty for errors raised while
+    importing the graph), the first line that says why, and the node."""
     lines = [line.strip() for line in message.splitlines()]
     why = next((line for line in lines if line and not _NOISE.match(line)), "")
     if len(why) > LONG:  # the reason, then advice about tf.contrib and the like
         why = re.split(r"(?<=\.) (?=[A-Z])", why, maxsplit=1)[0]
     node = next((m.group(1) or m.group(2) for m in map(_NODE.search, lines) if m), None)
-    status = re.sub(r"(?<!^)(?=[A-Z])", "_", kind.removesuffix("Error")).upper() if kind.endswith("Error") \
-        and kind not in ("ValueError", "TypeError", "KeyError") else ""
-    text = ": ".join(part for part in (status, why) if part) or kind
+    status = re.sub(r"(?<!^)(?=[A-Z])", "_", kind.removesuffix("Error")).upper()
+    text = ": ".join(part for part in (status, why) if part) or "no reason given"
     named = node and (f"node {node}" in why or f"'{node}'" in why)
     return f"{text} [[node {node}]]" if node and not named else text
 
@@ -140,8 +140,9 @@ def _serve() -> None:
             return
         try:
             reply = ("ok", _execute(tf, graph, feeds, fetches))
-        except (ValueError, TypeError, KeyError, tf.errors.OpError) as error:
-            reply = ("error", (type(error).__name__, getattr(error, "message", None) or str(error)))
+        except (ValueError, TypeError, KeyError, RuntimeError, tf.errors.OpError) as error:
+            kind = type(error).__name__ if isinstance(error, tf.errors.OpError) else ""
+            reply = ("error", (kind, getattr(error, "message", None) or str(error)))
         _send(stdout, reply)
 
 

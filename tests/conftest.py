@@ -65,7 +65,7 @@ def realgraphs() -> Path:
     folder = realgraphs_dir()
     if folder is None:
         where = (f"put the real graphs in {SHARED_REALGRAPHS} or name their folder in "
-                 f"BNREWRITE_REALGRAPHS (see README, 'How it is tested')")
+                 f"BNREWRITE_REALGRAPHS (README: 'Set-up for development')")
         if os.environ.get("BNREWRITE_REQUIRE_REALGRAPHS") == "1":
             pytest.fail(f"real graphs required (BNREWRITE_REQUIRE_REALGRAPHS=1): {where}")
         pytest.skip(f"real graphs not found: {where}")

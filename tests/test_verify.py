@@ -210,5 +210,7 @@ def test_without_tensorflow_the_cli_exits_2_and_audit_still_works(tmp_path):
         assert "TensorFlow is not installed" in line and "pip install 'bnrewrite[tensorflow]'" in line
         assert "--no-verify" in line
     assert cli("audit", graph).returncode == 0
+    result = cli("audit", "--probe", graph)
+    assert result.returncode == 2 and "--probe runs each graph in it" in result.stderr
     result = cli("rewrite", graph, "-o", out, "--no-verify")
     assert result.returncode == 0 and out.exists(), result.stderr

@@ -41,7 +41,10 @@ def main() -> int:
     parser.add_argument("--realgraphs", type=Path, default=None)
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args()
-    rows = measure(args.realgraphs or realgraphs_dir())
+    folder = args.realgraphs or realgraphs_dir()
+    if folder is None:
+        parser.error("no real graphs: pass --realgraphs DIR or set BNREWRITE_REALGRAPHS")
+    rows = measure(folder)
     if args.format == "json":
         print(json.dumps(rows, indent=1))
         return 0
