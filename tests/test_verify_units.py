@@ -25,7 +25,7 @@ def test_calibrated_bound_is_a_multiple_of_the_noise_plus_a_floor():
     check = compare("y", a, a + np.float32(3e-5), noisy=noisy)
     assert check.noise == pytest.approx(1e-5, rel=1e-2)
     assert check.bound == pytest.approx(NOISE_MULTIPLE * check.noise + FLOOR_ULPS * EPS32 * 4.0)
-    assert check.passed and "noise" in check.rule
+    assert check.passed and check.rule == "8 x noise + 16 ulp x scale"
     assert not compare("y", a, a + np.float32(1e-3), noisy=noisy).passed
 
 
@@ -34,6 +34,13 @@ def test_equal_outputs_pass_and_noiseless_outputs_keep_a_floor():
     assert compare("y", a, a.copy(), noisy=a.copy()).passed  # noise 0, difference 0
     assert compare("y", a, np.nextafter(a, np.float32(3)), noisy=a.copy()).passed  # one ulp: within the floor
     assert not compare("y", a, a * np.float32(1.0001), noisy=a.copy()).passed
+
+
+def test_the_floor_never_exceeds_the_fixed_tolerance():
+    """16 ulps of fp16 are 1.6 % of the scale: there the fixed 1e-3 + 5e-3 x scale is the floor."""
+    a = np.array([1.0, -2.0], np.float16)
+    check = compare("y", a, a, noisy=a.copy())
+    assert check.rule == "8 x noise + 0.001 + 0.005 x scale" and check.bound == pytest.approx(0.011)
 
 
 def test_rtol_and_atol_replace_the_calibration():
