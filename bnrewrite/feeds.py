@@ -65,12 +65,12 @@ def make_feeds(graph_def: Any, options: "Options") -> Feeds:
             raise CannotVerifyError(f"input '{name}' is not in the graph")
         if name in options.values:
             feeds[name] = np.asarray(options.values[name])
-            feeds.sources[name] = "fed"
+            feeds.sources[name] = "as fed (--feed)"
             continue
         dtype = tensors.numpy_dtype(node.attr["dtype"].type)
         stack = conv_stack(index, name)
         if name in options.shapes:
-            shape, feeds.sources[name] = list(options.shapes[name]), "given"
+            shape, feeds.sources[name] = list(options.shapes[name]), "as given (--input-shape)"
         else:
             shape, feeds.sources[name] = _default_shape(index, node, options.batch, stack)
         if np.prod(shape, dtype=np.float64) > MAX_FEED_ELEMENTS or min(shape, default=0) < 0:
@@ -96,11 +96,11 @@ def _default_shape(index: GraphIndex, node: Any, batch: int, stack: ConvStack | 
         dims = recorded
     if dims is None:
         raise CannotVerifyError(f"input '{node.name}' has no known rank: give it --input-shape {node.name}=...")
-    shape, source = list(dims), "placeholder"
+    shape, source = list(dims), "the placeholder's shape"
     if recorded is not None and len(recorded) == len(shape):
         shape = [d if d >= 0 else r for d, r in zip(shape, recorded)]
     if shape and shape[0] < 0:
-        shape[0] = batch
+        shape[0], source = batch, f"the placeholder's shape, batch {batch} (--batch)"
     if min(shape, default=0) >= 0:
         return shape, source
     unknown = [i for i, d in enumerate(shape) if d < 0]
@@ -115,9 +115,9 @@ def _default_shape(index: GraphIndex, node: Any, batch: int, stack: ConvStack | 
     known = math.prod(d for i, d in enumerate(shape) if i > 0 and d >= 0)
     if size is not None and len(unknown) == 1 and size % known == 0:
         shape[unknown[0]] = size // known
-        return shape, f"Reshape to {size} values per sample downstream"
+        return shape, f"a Reshape downstream wants {size} values per sample"
     fill = IMAGE_SIDE if len(shape) == 4 else batch
-    return [d if d >= 0 else fill for d in shape], f"unknown dimensions set to {fill}"
+    return [d if d >= 0 else fill for d in shape], f"unknown dimensions set to {fill}: nothing in the graph says more"
 
 
 def _recorded_shape(node: Any) -> list[int] | None:

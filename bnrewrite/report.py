@@ -146,7 +146,8 @@ class RewriteReport:
 
 def verification_lines(verification: dict[str, Any]) -> list[str]:
     """Per output: ok or DIFFERS, the observed difference, the noise and the bound
-    (verify.OutputCheck as a dict); then how the graphs were run, where that matters."""
+    (verify.OutputCheck as a dict); then each input's shape and where it came from, and
+    how the graphs were run where that matters."""
     lines = []
     for c in verification["outputs"]:
         status = "ok" if c["passed"] else "DIFFERS"
@@ -157,8 +158,7 @@ def verification_lines(verification: dict[str, Any]) -> list[str]:
         lines.append(f"{c['name']}: {status}  max abs {c['max_abs']:.3g} ({c['max_rel']:.3g} of scale){noise}"
                      f"  bound {c['bound']:.3g} = {c['rule']}  ({c['dtype']})")
     notes = [f"input '{name}' {verification['inputs'][name]}: {source}"
-             for name, source in verification["shape_sources"].items()
-             if source not in ("placeholder", "given", "fed")]
+             for name, source in verification["shape_sources"].items()]
     if verification["lowered_producer"]:
         notes.append("the original holds BatchNormWithGlobalNormalization: run with producer 8")
     if verification["channels_last"]:
