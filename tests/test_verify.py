@@ -214,3 +214,25 @@ def test_without_tensorflow_the_cli_exits_2_and_audit_still_works(tmp_path):
     assert result.returncode == 2 and "--probe runs each graph in it" in result.stderr
     result = cli("rewrite", graph, "-o", out, "--no-verify")
     assert result.returncode == 0 and out.exists(), result.stderr
+
+
+def test_fp16_nchw_convolution_verifies_on_any_cpu(builder):
+    """fp16 NCHW Conv2D has no CPU kernel even through oneDNN (except with AVX-512): a
+    failed native run switches both graphs to channels-last."""
+    from tensorboard.compat.proto import types_pb2
+    from test_rewrite_safety import fused_bn
+    half = types_pb2.DT_HALF
+    builder.node("x", "Placeholder", dtype=half)
+    for d in (-1, 3, 6, 5):
+        builder.graph.node[-1].attr["shape"].shape.dim.add(size=d)
+    builder.node("w", "Const", value=np.random.default_rng(2).normal(0, 0.5, (3, 3, 3, 4)).astype(np.float16),
+                 dtype=half)
+    builder.node("conv", "Conv2D", "x", "w", T=half, strides=[1, 1, 1, 1], padding="SAME", data_format="NCHW")
+    fused_bn(builder, "bn", "conv", 4)
+    bn = builder.graph.node[-1]
+    bn.op, bn.attr["T"].type, bn.attr["data_format"].s = "FusedBatchNormV3", half, b"NCHW"
+    bn.attr["U"].type = types_pb2.DT_FLOAT
+    builder.node("out", "Relu", "bn", T=half)
+    rewritten, report = bnrewrite.rewrite(builder.graph, verify=Options())
+    assert report.batch_norms[0].action == "fold" and report.verification["outputs"][0]["passed"]
+    assert report.verification["outputs"][0]["dtype"] == "float16"
