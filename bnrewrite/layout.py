@@ -94,10 +94,8 @@ def _convert(node: Any, taken: set[str]) -> list[Any]:
         node.input[i] = helper(f"input{i}", "Transpose", [node.input[i], perm_in], T=dtype,
                                Tperm=types_pb2.DT_INT32)
     for i in spec.per_dimension_inputs:
-        axis = helper(f"axis{i}", "Const", [], dtype=types_pb2.DT_INT32, value=np.array(0, np.int32))
-        node.input[i] = helper(f"dims{i}", "GatherV2", [node.input[i], perm_in, axis],
-                               Tparams=types_pb2.DT_INT32, Tindices=types_pb2.DT_INT32,
-                               Taxis=types_pb2.DT_INT32, batch_dims=0)
+        node.input[i] = helper(f"dims{i}", "Gather", [node.input[i], perm_in], Tparams=types_pb2.DT_INT32,
+                               Tindices=types_pb2.DT_INT32)
     for key in spec.per_dimension_attrs:
         values = list(node.attr[key].list.i) if key in node.attr else []
         if len(values) == len(layout.to_last):

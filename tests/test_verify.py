@@ -236,3 +236,43 @@ def test_fp16_nchw_convolution_verifies_on_any_cpu(builder):
     rewritten, report = bnrewrite.rewrite(builder.graph, verify=Options())
     assert report.batch_norms[0].action == "fold" and report.verification["outputs"][0]["passed"]
     assert report.verification["outputs"][0]["dtype"] == "float16"
+
+
+def test_channels_last_transposed_convolution_permutes_its_output_size(builder):
+    """Conv2DBackpropInput takes its output size as a tensor in the op's layout."""
+    from tensorboard.compat.proto import types_pb2
+    from bnrewrite import layout
+    from bnrewrite.verify import run
+    weights = np.random.default_rng(3).normal(size=(3, 3, 4, 5))
+    for name, layout_name, sizes, strides in (("nchw", "NCHW", [2, 4, 10, 12], [1, 1, 2, 2]),
+                                              ("nhwc", "NHWC", [2, 10, 12, 4], [1, 2, 2, 1])):
+        builder.node(f"{name}/dy", "Placeholder", dtype=types_pb2.DT_FLOAT)
+        builder.node(f"{name}/sizes", "Const", value=np.array(sizes, np.int32), dtype=types_pb2.DT_INT32)
+        builder.const(f"{name}/w", weights)
+        builder.node(f"{name}/deconv", "Conv2DBackpropInput", f"{name}/sizes", f"{name}/w", f"{name}/dy",
+                     T=types_pb2.DT_FLOAT, strides=strides, padding="SAME", data_format=layout_name)
+    dy = np.random.default_rng(4).standard_normal((2, 5, 5, 6)).astype(np.float32)
+    (got,) = run(layout.to_channels_last(builder.graph), {"nchw/dy": dy}, ["nchw/deconv"])
+    (want,) = run(builder.graph, {"nhwc/dy": dy.transpose(0, 2, 3, 1)}, ["nhwc/deconv"])
+    assert got.shape == (2, 4, 10, 12)
+    np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_3d_convolution_and_pool(builder):
+    """NCDHW Conv3D and MaxPool3D run as NDHWC between transposes."""
+    from tensorboard.compat.proto import types_pb2
+    from bnrewrite import layout
+    from bnrewrite.verify import run
+    weights = np.random.default_rng(5).normal(size=(2, 3, 3, 4, 5))
+    for name, fmt, conv_strides, pool in (("first", "NCDHW", [1, 1, 1, 2, 1], [1, 1, 1, 2, 2]),
+                                          ("last", "NDHWC", [1, 1, 2, 1, 1], [1, 1, 2, 2, 1])):
+        builder.node(f"{name}/x", "Placeholder", dtype=types_pb2.DT_FLOAT)
+        builder.const(f"{name}/w", weights)
+        builder.node(f"{name}/conv", "Conv3D", f"{name}/x", f"{name}/w", T=types_pb2.DT_FLOAT, strides=conv_strides,
+                     padding="SAME", data_format=fmt)
+        builder.node(f"{name}/pool", "MaxPool3D", f"{name}/conv", T=types_pb2.DT_FLOAT, ksize=pool, strides=pool,
+                     padding="VALID", data_format=fmt)
+    x = np.random.default_rng(6).standard_normal((2, 4, 3, 8, 6)).astype(np.float32)
+    (got,) = run(layout.to_channels_last(builder.graph), {"first/x": x}, ["first/pool"])
+    (want,) = run(builder.graph, {"last/x": x.transpose(0, 2, 3, 4, 1)}, ["last/pool"])
+    np.testing.assert_allclose(got, want.transpose(0, 4, 1, 2, 3), rtol=1e-5, atol=1e-5)
