@@ -53,9 +53,12 @@ SUFFIX = "/channels_last"
 
 
 def channels_first_ops(graph: Any) -> list[str]:
-    """Nodes this module would change: ops above in a channels-first data_format."""
+    """Nodes this module would change: ops above in a channels-first data_format (with
+    the inputs they need: a malformed node is left for TensorFlow to refuse)."""
     return [node.name for node in graph.node
-            if node.op in OPS and node.attr["data_format"].s.decode(errors="replace") in LAYOUTS]
+            if node.op in OPS and node.attr["data_format"].s.decode(errors="replace") in LAYOUTS
+            and sum(not ref.startswith("^") for ref in node.input) > max(OPS[node.op].images
+                                                                          + OPS[node.op].per_dimension_inputs)]
 
 
 def to_channels_last(graph: Any) -> Any:

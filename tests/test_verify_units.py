@@ -103,6 +103,8 @@ def test_channels_last_layout_permutes_attributes_and_keeps_names(builder):
     assert nodes["bias"] == graph.node[-1] and layout.channels_first_ops(converted) == []
     perm = {n: to_numpy(nodes[f"conv/channels_last/{n}"].attr["value"].tensor).tolist() for n in ("perm_in", "perm_out")}
     assert perm == {"perm_in": [0, 2, 3, 1], "perm_out": [0, 3, 1, 2]}
+    del graph.node[2].input[:]  # a conv without inputs is left for TensorFlow to refuse
+    assert layout.channels_first_ops(graph) == ["pool"]
 
 
 @pytest.mark.parametrize("kind,message,expected", [
