@@ -6,9 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+from tensorboard.compat.proto import types_pb2
 
 import bnrewrite
-from bnrewrite.verify import Options, compare, make_feeds, runnable
+from bnrewrite import layout
+from bnrewrite.verify import Options, compare, make_feeds, run, runnable
 from conftest import fixture_path
 
 nan, inf = float("nan"), float("inf")
@@ -78,7 +80,6 @@ def test_nan_producing_legacy_graph_verifies(realgraphs):
     it alone (degenerate-parameters); a hand-made FusedBatchNormV3 over the same tensors
     puts NaN at the same places, and the verifier must call that equal."""
     from bnrewrite import nodes
-    from bnrewrite.verify import run
     graph = bnrewrite.load_graph(realgraphs / "tf_graphconstructor_test_bnwgn.pbtxt")
     rewritten, report = bnrewrite.rewrite(graph)
     assert report.batch_norms[0].reason == "degenerate-parameters"
@@ -171,8 +172,6 @@ def _nchw_and_nhwc_twins(builder):
 def test_channels_last_runs_compute_what_channels_first_ops_do(builder):
     """layout.py on a strided, explicitly padded NCHW conv and pool equals the same graph
     written NHWC: on any CPU, whatever oneDNN does."""
-    from bnrewrite import layout
-    from bnrewrite.verify import run
     nchw, nhwc = _nchw_and_nhwc_twins(builder)
     x = np.random.default_rng(0).standard_normal((2, 4, 9, 11)).astype(np.float32)
     (got,) = run(layout.to_channels_last(nchw), {"x": x}, ["bias"])
@@ -219,7 +218,6 @@ def test_without_tensorflow_the_cli_exits_2_and_audit_still_works(tmp_path):
 def test_fp16_nchw_convolution_verifies_on_any_cpu(builder):
     """fp16 NCHW Conv2D has no CPU kernel even through oneDNN (except with AVX-512): a
     failed native run switches both graphs to channels-last."""
-    from tensorboard.compat.proto import types_pb2
     from test_rewrite_safety import fused_bn
     half = types_pb2.DT_HALF
     builder.node("x", "Placeholder", dtype=half)
@@ -240,9 +238,6 @@ def test_fp16_nchw_convolution_verifies_on_any_cpu(builder):
 
 def test_channels_last_transposed_convolution_permutes_its_output_size(builder):
     """Conv2DBackpropInput takes its output size as a tensor in the op's layout."""
-    from tensorboard.compat.proto import types_pb2
-    from bnrewrite import layout
-    from bnrewrite.verify import run
     weights = np.random.default_rng(3).normal(size=(3, 3, 4, 5))
     for name, layout_name, sizes, strides in (("nchw", "NCHW", [2, 4, 10, 12], [1, 1, 2, 2]),
                                               ("nhwc", "NHWC", [2, 10, 12, 4], [1, 2, 2, 1])):
@@ -260,9 +255,6 @@ def test_channels_last_transposed_convolution_permutes_its_output_size(builder):
 
 def test_channels_last_3d_convolution_and_pool(builder):
     """NCDHW Conv3D and MaxPool3D run as NDHWC between transposes."""
-    from tensorboard.compat.proto import types_pb2
-    from bnrewrite import layout
-    from bnrewrite.verify import run
     weights = np.random.default_rng(5).normal(size=(2, 3, 3, 4, 5))
     for name, fmt, conv_strides, pool in (("first", "NCDHW", [1, 1, 1, 2, 1], [1, 1, 1, 2, 2]),
                                           ("last", "NDHWC", [1, 1, 2, 1, 1], [1, 1, 2, 2, 1])):
