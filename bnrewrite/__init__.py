@@ -19,7 +19,7 @@ import numpy as np
 from . import graphio, names, safety, validate
 from . import rewrite as _rewrite
 from . import verify as _verify
-from .errors import (BnRewriteError, CannotVerifyError, GraphLoadError, InvalidGraphError,
+from .errors import (BnRewriteError, CannotVerifyError, GraphLoadError, GraphRunError, InvalidGraphError,
                      UnsafeGraphError, VerificationError, VerifyMemoryLimit, VerifyTimeout)
 from .graphio import load_graph, save_graph
 from .plan import make_plan
@@ -30,6 +30,7 @@ from .report import AuditReport, BatchNormEntry, GraphInfo, RewriteReport, entry
 
 __all__ = [
     "AuditReport", "BatchNormEntry", "BnRewriteError", "CannotVerifyError", "GraphInfo", "GraphLoadError",
+    "GraphRunError",
     "InvalidGraphError", "RewriteReport", "UnsafeGraphError", "Verification", "VerificationError",
     "VerifyMemoryLimit", "VerifyOptions", "VerifyTimeout", "audit", "load_graph", "rewrite", "save_graph", "verify",
 ]

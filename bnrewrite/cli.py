@@ -12,9 +12,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import __version__, load_graph, rewrite, save_graph, verify, zoo
+from . import __version__, load_graph, rewrite, save_graph, tfrun, verify, zoo
 from .errors import BnRewriteError, CannotVerifyError
-from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, exit_code, to_json
+from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, exit_code, to_json, verification_lines
 from .verify import BASE_TIMEOUT, DEFAULT_BATCH, TIMEOUT_PER_NODE, Options
 
 
@@ -101,7 +101,8 @@ def _feed_flags(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--outputs", nargs="+", default=[], metavar="NAME",
                      help="tensors to compare and keep (default: nodes nothing consumes)")
     cmd.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                     help=f"size of unknown dimensions (default {DEFAULT_BATCH})")
+                     help=f"size of an unknown batch dimension (default {DEFAULT_BATCH}); other unknown "
+                          "dimensions follow the graph (see the report)")
     cmd.add_argument("--input-shape", action="append", default=[], metavar="NAME=D,D,...",
                      help="shape of one input, e.g. image=1,368,432,3")
     cmd.add_argument("--feed", action="append", default=[], metavar="NAME=VALUE",
@@ -117,8 +118,9 @@ def _jobs_flag(cmd: argparse.ArgumentParser) -> None:
 
 
 def _tolerance_flags(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--rtol", type=float, help="relative tolerance (default: by dtype)")
-    cmd.add_argument("--atol", type=float, help="absolute tolerance (default: by dtype)")
+    cmd.add_argument("--rtol", type=float, help="accept max|a-b| <= atol + rtol x max|a| instead of the "
+                                                "bound calibrated on the graph's own rounding noise")
+    cmd.add_argument("--atol", type=float, help="absolute tolerance (with --rtol; each defaults by dtype)")
 
 
 def _limit_flags(cmd: argparse.ArgumentParser) -> None:
@@ -160,6 +162,8 @@ def _size(value: str) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    if args.probe:
+        _need_tensorflow(" ".join(args.models), "and --probe runs each graph in it", " (audit without --probe needs none)")
     probing = _options(args) if args.probe else None
     tasks = [(zoo.audit_one, (path, args.outputs, probing)) for path in zoo.graph_files(args.models)]
     outcomes = zoo.run(tasks, args.jobs, _show_progress(args) and len(tasks) > 1, "auditing")
@@ -175,6 +179,9 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _rewrite(args: argparse.Namespace) -> int:
     source, target = Path(args.model), Path(args.output)
+    if not args.no_verify:
+        _need_tensorflow(args.model, "so the rewrite cannot be verified",
+                         ", or pass --no-verify to write it unverified")
     if source.is_dir():
         return _rewrite_folder(args, source, target)
     if not args.in_place and target.exists() and source.exists() and target.samefile(source):
@@ -182,7 +189,10 @@ def _rewrite(args: argparse.Namespace) -> int:
     graph = load_graph(source)
     options = None if args.no_verify else _options(args)
     _progress(args, "rewriting" + ("" if args.no_verify else " and verifying in TensorFlow"))
-    new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options)
+    try:
+        new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options)
+    except CannotVerifyError as error:
+        raise CannotVerifyError(f"{error.problem} (--no-verify skips the check)", error.path) from None
     save_graph(new_graph, target)
     _print(args, report.to_dict, lambda: report.to_text() + f"\n  wrote {target}")
     return EXIT_OK
@@ -224,20 +234,27 @@ def _rewrite_folder(args: argparse.Namespace, source: Path, target: Path) -> int
 
 
 def _verify(args: argparse.Namespace) -> int:
+    both = f"{args.original}, {args.rewritten}"
+    _need_tensorflow(both, "and verify runs both graphs in it", " (audit and rewrite --no-verify work without it)")
     original, rewritten = load_graph(args.original), load_graph(args.rewritten)
     _progress(args, "running both graphs in TensorFlow")
     try:
         result = verify(original, rewritten, _options(args))
     except CannotVerifyError as error:
-        raise CannotVerifyError(error.problem, f"{args.original}, {args.rewritten}") from None
-    lines = [f"{c.name}: {'ok' if c.passed else 'DIFFERS'}  max abs {c.max_abs:.3g}  max rel "
-             f"{c.max_rel:.3g}  ({c.dtype}, rtol {c.rtol:g}, atol {c.atol:g})" for c in result.outputs]
-    if result.lowered_producer:
-        lines.append("(the original holds BatchNormWithGlobalNormalization: run with producer 8)")
+        raise CannotVerifyError(f"{error.problem} (--input-shape and --feed choose the inputs)", both) from None
+    data = {**asdict(result), "passed": result.passed}
+    lines = verification_lines(data)
     if result.trusted is not None:
         lines.append(f"(--trust-graph: side-effect ops ran unchecked: {', '.join(result.trusted) or 'none'})")
-    _print(args, lambda: {**asdict(result), "passed": result.passed}, lambda: "\n".join(lines + [result.describe()]))
+    _print(args, lambda: data, lambda: "\n".join(lines + [result.describe()]))
     return EXIT_OK if result.passed else EXIT_DIFFERS
+
+
+def _need_tensorflow(path: str, why: str, otherwise: str) -> None:
+    """Checked before any work, without importing TensorFlow (DESIGN §6)."""
+    if not tfrun.available():
+        raise CannotVerifyError(f"TensorFlow is not installed, {why}: pip install 'bnrewrite[tensorflow]'{otherwise}",
+                                path)
 
 
 def _options(args: argparse.Namespace) -> Options:

@@ -42,3 +42,8 @@ class VerifyTimeout(CannotVerifyError):
 
 class VerifyMemoryLimit(CannotVerifyError):
     """A run of the graph needed more memory than the worker's limit (--max-memory)."""
+
+
+class GraphRunError(CannotVerifyError):
+    """TensorFlow ran the graph and reported why it cannot (its status, reason and node),
+    as opposed to crashing or not being installed."""

@@ -149,13 +149,34 @@ class RewriteReport:
         if self.verification is None:
             lines.append("  outputs not verified (--no-verify)")
         else:
-            checks = self.verification["outputs"]
-            worst = max((c["max_rel"] for c in checks), default=0.0)
-            lines.append(f"  verified in TensorFlow: {len(checks)} outputs match "
-                         f"(largest error {worst:.2g} of the output's scale)")
+            lines.append(f"  verified in TensorFlow: {len(self.verification['outputs'])} outputs match")
+            lines.extend("    " + line for line in verification_lines(self.verification))
             if self.verification.get("trusted") is not None:
                 lines.append(_trusted_line(self.verification["trusted"]))
         return "\n".join(lines)
+
+
+def verification_lines(verification: dict[str, Any]) -> list[str]:
+    """Per output: ok or DIFFERS, the observed difference, the noise and the bound
+    (verify.OutputCheck as a dict); then each input's shape and where it came from, and
+    how the graphs were run where that matters."""
+    lines = []
+    for c in verification["outputs"]:
+        status = "ok" if c["passed"] else "DIFFERS"
+        if c["problem"]:
+            lines.append(f"{c['name']}: {status}: {c['problem']}")
+            continue
+        noise = "" if c["noise"] is None else f"  noise {c['noise']:.3g}"
+        lines.append(f"{c['name']}: {status}  max abs {c['max_abs']:.3g} ({c['max_rel']:.3g} of scale){noise}"
+                     f"  bound {c['bound']:.3g} = {c['rule']}  ({c['dtype']})")
+    notes = [f"input '{name}' {verification['inputs'][name]}: {source}"
+             for name, source in verification["shape_sources"].items()]
+    if verification["lowered_producer"]:
+        notes.append("the original holds BatchNormWithGlobalNormalization: run with producer 8")
+    if verification["channels_last"]:
+        notes.append(f"{verification['channels_last']} channels-first ops ran channels-last between "
+                     "transposes in both graphs: TensorFlow has no CPU kernel for them here")
+    return lines + notes + [f"warning: {w}" for w in verification["warnings"]]
 
 
 def entry(decision: Decision) -> BatchNormEntry:

@@ -7,6 +7,10 @@ stderr discarded. The worker is started on first use and kept for later calls (o
 TensorFlow import per process); if it dies, the call raises CannotVerifyError and the
 next call starts a new one.
 
+NCHW convolutions have CPU kernels only through oneDNN (DESIGN §7): the worker turns it on
+unless the user set TF_ENABLE_ONEDNN_OPTS; verify.py handles CPUs where that is not enough.
+Whether TensorFlow is installed is checked here without importing it (find_spec).
+
 A graph is untrusted code (DESIGN §5), so the worker is fenced in: it is killed when a
 run outlives its time limit and ends when its parent does; it starts in an empty temporary
 working directory (removed when it ends), without credentials in its environment, and
@@ -20,8 +24,10 @@ from __future__ import annotations
 
 import atexit
 import fnmatch
+import importlib.util
 import os
 import pickle
+import re
 import shutil
 import struct
 import subprocess
@@ -36,7 +42,7 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence
 import numpy as np
 
 from . import names
-from .errors import CannotVerifyError, VerifyMemoryLimit, VerifyTimeout
+from .errors import CannotVerifyError, GraphRunError, VerifyMemoryLimit, VerifyTimeout
 
 # Environment variables a graph has no business reading (fnmatch, on the upper-cased name).
 CREDENTIALS = ("AWS_*", "AZURE_*", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_*CREDENTIALS*", "CLOUDSDK_*",
@@ -44,6 +50,19 @@ CREDENTIALS = ("AWS_*", "AZURE_*", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_*CR
                "SSH_AUTH_SOCK", "NETRC", "KUBECONFIG")
 STARTUP_TIMEOUT = 300.0  # importing TensorFlow: ~3 s here, much more on a loaded machine
 DEFAULT_MEMORY_FRACTION = 0.5  # of the machine's physical memory
+ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
+MISSING = ("TensorFlow is not installed, so nothing can be verified: pip install 'bnrewrite[tensorflow]', "
+           "or skip verification (--no-verify; verify=None in the API)")
+
+
+def available() -> bool:
+    """Is TensorFlow installed? Answered without importing it (that takes seconds)."""
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def onednn_off() -> bool:
+    """Did the user turn oneDNN off for the worker? (Unset: the worker turns it on.)"""
+    return os.environ.get(ONEDNN, "1").strip().lower() in ("0", "false")
 
 
 @dataclass(frozen=True)
@@ -66,7 +85,7 @@ class _Worker:
     def __init__(self, max_memory: int) -> None:
         self.max_memory = max_memory
         self.directory = tempfile.mkdtemp(prefix="bnrewrite-worker-")
-        env = {k: v for k, v in os.environ.items() if not _is_credential(k)}
+        env = {ONEDNN: "1", **{k: v for k, v in os.environ.items() if not _is_credential(k)}}
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"
         # The working directory is empty, so the package must be found from where it is.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
@@ -110,9 +129,11 @@ class _Worker:
 _worker: _Worker | None = None
 
 
-def run(graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Sequence[str], limits: Limits) -> list[np.ndarray]:
-    """Outputs `fetches` of the serialized GraphDef `graph`, fed `feeds`."""
-    return _ask(("run", graph, dict(feeds), list(fetches)), limits)
+def run(graph: bytes, feeds: Mapping[str, np.ndarray], fetches: Sequence[str], limits: Limits,
+        label: str = "the graph") -> list[np.ndarray]:
+    """Outputs `fetches` of the serialized GraphDef `graph`, fed `feeds`. Errors name the
+    graph by `label` and carry TensorFlow's reason."""
+    return _ask(("run", graph, dict(feeds), list(fetches)), limits, label)
 
 
 def stateful(ops: Sequence[str], limits: Limits) -> set[str]:
@@ -120,8 +141,10 @@ def stateful(ops: Sequence[str], limits: Limits) -> set[str]:
     return _ask(("stateful", list(ops)), limits)
 
 
-def _ask(request: tuple, limits: Limits) -> Any:
+def _ask(request: tuple, limits: Limits, label: str = "the graph") -> Any:
     global _worker
+    if not available():
+        raise CannotVerifyError(MISSING)
     if _worker is not None and (_worker.process.poll() is not None or _worker.max_memory != limits.max_memory):
         _worker.stop()
         _worker = None
@@ -137,16 +160,38 @@ def _ask(request: tuple, limits: Limits) -> Any:
             raise CannotVerifyError(f"the TensorFlow worker did not start ({what}, memory limit "
                                     f"{_size_text(limits.max_memory)})") from None
         if expired:
-            raise VerifyTimeout(f"the graph ran longer than the {limits.timeout:g} s time limit and was "
+            raise VerifyTimeout(f"{label} ran longer than the {limits.timeout:g} s time limit and was "
                                 "stopped (--timeout SECONDS raises it)") from None
-        raise CannotVerifyError(f"TensorFlow crashed ({what}) running the graph"
-                                " (--no-verify skips the check)") from None
+        raise CannotVerifyError(f"TensorFlow crashed ({what}) running {label}") from None
     if status == "memory":
-        raise VerifyMemoryLimit(f"the graph needs more memory than the worker's {_size_text(limits.max_memory)} "
+        raise VerifyMemoryLimit(f"{label} needs more memory than the worker's {_size_text(limits.max_memory)} "
                                 f"limit ({payload}; --max-memory SIZE raises it)")
     if status != "ok":
-        raise CannotVerifyError(f"TensorFlow cannot run the graph: {payload} (--no-verify skips the check)")
+        raise GraphRunError(f"TensorFlow cannot run {label}: {reason(*payload)}")
     return payload
+
+
+# Lines of TensorFlow's messages that say where, not why: its headline, the Python stack
+# of whoever built the graph, and the node (read separately).
+_NOISE = re.compile(r"^(Graph execution error:|Detected at node|Node: |<stack trace unavailable>|File \"|"
+                    r"\[\[.*\]\]$)")
+LONG = 160
+_NODE = re.compile(r"\[\[(?:\{\{)?(?:node )?([^\]{}]+?)(?:\}\})?\]\]|^Node: '([^']+)'")
+
+
+def reason(kind: str, message: str) -> str:
+    """The informative part of a TensorFlow error: its status (from the class of an
+    OpError, UnimplementedError -> UNIMPLEMENTED; `kind` is empty for errors raised while
+    importing the graph), the first line that says why, and the node."""
+    lines = [line.strip() for line in message.splitlines()]
+    why = next((line for line in lines if line and not _NOISE.match(line)), "")
+    if len(why) > LONG:  # the reason, then advice about tf.contrib and the like
+        why = re.split(r"(?<=\.) (?=[A-Z])", why, maxsplit=1)[0]
+    node = next((m.group(1) or m.group(2) for m in map(_NODE.search, lines) if m), None)
+    status = re.sub(r"(?<!^)(?=[A-Z])", "_", kind.removesuffix("Error")).upper()
+    text = ": ".join(part for part in (status, why) if part) or "no reason given"
+    named = node and (f"node {node}" in why or f"'{node}'" in why)
+    return f"{text} [[node {node}]]" if node and not named else text
 
 
 @atexit.register
@@ -225,9 +270,9 @@ def _serve(max_memory: int) -> None:
             reply = ("ok", _execute(tf, *request) if kind == "run" else _stateful(*request))
         except (MemoryError, tf.errors.ResourceExhaustedError) as error:
             reply = ("memory", type(error).__name__)
-        except (ValueError, TypeError, KeyError, tf.errors.OpError) as error:
-            message = (getattr(error, "message", None) or str(error)).strip()
-            reply = ("error", message.splitlines()[0] if message else type(error).__name__)
+        except (ValueError, TypeError, KeyError, RuntimeError, tf.errors.OpError) as error:
+            kind = type(error).__name__ if isinstance(error, tf.errors.OpError) else ""
+            reply = ("error", (kind, getattr(error, "message", None) or str(error)))
         _send(stdout, reply)
 
 

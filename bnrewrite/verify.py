@@ -1,29 +1,43 @@
 """Run two graphs on the same seeded inputs and compare every output.
 
-TensorFlow runs in tfrun's worker process, started only when a check runs (DESIGN §6),
-and only on graphs safety.py finds free of side effects, within a time and memory limit
-(DESIGN §5), unless the caller trusts the graph.
-Tolerances (DESIGN §5): an output matches when max|a - b| <= atol + rtol * scale,
-scale being the largest finite magnitude of the original output; NaN must sit at
-the same positions and infinities must be equal.
+TensorFlow runs in tfrun's worker process, started only when a check runs (DESIGN §6).
+The tolerance is calibrated on the graph (DESIGN §5): the original runs a second time
+with every floating-point constant moved by one unit in the last place (seeded, up or
+down at random), and how far each output moves is its noise: the rounding noise of its
+own arithmetic, deep or shallow, fp32 or fp16. An output matches when
+max|a - b| <= NOISE_MULTIPLE x noise + floor, scale being the largest finite magnitude of
+the original output and the floor FLOOR_ULPS x eps(dtype) x scale, or the fixed tolerance
+atol + rtol x scale (TOLERANCES) where that is smaller (fp16). The noise is one sample:
+for a small output it can be 0 by chance, and the floor covers the few ulps by which
+reordered arithmetic rounds differently. --rtol/--atol replace all this with
+max|a - b| <= atol + rtol x scale. NaN must sit at the same positions and infinities
+must be equal. Where a CPU kernel lacks a channels-first layout, both graphs run
+through the same layout change (layout.py).
+
+Running a graph runs untrusted code (DESIGN §5): graphs run only once safety.py finds no
+side effects behind what is fetched (unless the caller trusts the graph), and each run
+within a time and memory limit (tfrun.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import graphio, safety, tensors, tfrun
-from .errors import CannotVerifyError, UnsafeGraphError
+from . import graphio, layout, safety, tensors, tfrun
+from .errors import GraphRunError, UnsafeGraphError
+from .feeds import make_feeds
 from .index import GraphIndex
 
-# dtype -> (rtol, atol): float16 holds ~3 significant digits and every op rounds.
+# dtype -> (rtol, atol) when calibration is off (--rtol/--atol) or cannot be used.
 # float16 folds measured here stay within 1.4e-3 of the output's scale.
 TOLERANCES = {np.dtype(np.float32): (1e-5, 1e-6), np.dtype(np.float64): (1e-9, 1e-12),
               np.dtype(np.float16): (5e-3, 1e-3)}
+NOISE_MULTIPLE = 8.0
+FLOOR_ULPS = 16.0  # reordered arithmetic measured here: up to 4 ulps of the scale
 DEFAULT_BATCH = 2
-MAX_FEED_ELEMENTS = 1 << 27  # 512 MiB of float32: more is a broken shape, not a test input
+SEED = 0x5EED  # of the perturbation: the same graph gets the same noise
 # Default time limit per run of a graph: generous, since a run here takes seconds; graphs
 # with more nodes may run longer.
 BASE_TIMEOUT, TIMEOUT_PER_NODE = 60.0, 0.1
@@ -33,19 +47,30 @@ BASE_TIMEOUT, TIMEOUT_PER_NODE = 60.0, 0.1
 class OutputCheck:
     name: str
     dtype: str
-    max_abs: float
+    max_abs: float  # observed: the largest difference
     max_rel: float  # max_abs relative to the original output's scale
-    rtol: float
-    atol: float
+    scale: float  # the largest finite magnitude of the original output
+    bound: float  # the largest max_abs accepted
+    noise: float | None  # how far the output moves under one-ulp constants; None: not calibrated
+    rule: str  # how `bound` was set
     passed: bool
     problem: str | None = None  # shape, NaN or Inf disagreement
+
+    def describe(self) -> str:
+        if self.problem:
+            return self.problem
+        noise = "" if self.noise is None else f", noise {self.noise:.3g}"
+        return f"max abs error {self.max_abs:.3g} (bound {self.bound:.3g} = {self.rule}{noise})"
 
 
 @dataclass
 class Verification:
     inputs: dict[str, list[int]]
     outputs: list[OutputCheck] = field(default_factory=list)
+    shape_sources: dict[str, str] = field(default_factory=dict)  # input -> where its shape came from
+    warnings: list[str] = field(default_factory=list)
     lowered_producer: bool = False  # the original ran from a copy with producer 8 (legacy op)
+    channels_last: int = 0  # channels-first ops that ran channels-last (layout.py), in both graphs
     trusted: list[str] | None = None  # --trust-graph: the side-effect ops that ran unchecked
     first_difference: OutputCheck | None = None  # earliest batch norm whose output differs
 
@@ -58,11 +83,8 @@ class Verification:
         failed = [c for c in self.outputs if not c.passed]
         if not failed:
             return f"{len(self.outputs)} outputs match"
-        c = failed[0]
-        what = c.problem or (f"max abs error {c.max_abs:.3g}, max rel error {c.max_rel:.3g} "
-                             f"(allowed {c.atol:g} + {c.rtol:g} x scale)")
         where = f"; first differing batch norm: {self.first_difference.name}" if self.first_difference else ""
-        return f"output '{c.name}' differs: {what}{where}"
+        return f"output '{failed[0].name}' differs: {failed[0].describe()}{where}"
 
 
 @dataclass(frozen=True)
@@ -80,40 +102,9 @@ class Options:
     timeout: float | None = None  # seconds per run of a graph; None: by graph size
     max_memory: int | None = None  # bytes for the TensorFlow worker; None: half the machine's
 
-
-def make_feeds(graph_def: Any, options: Options = Options()) -> dict[str, np.ndarray]:
-    """Seeded inputs for every placeholder: random normal floats, small ints; unknown
-    dimensions become `options.batch`. Bools and strings must come from `options.values`."""
-    index = GraphIndex(graphio.to_internal(graph_def))
-    rng = np.random.default_rng(options.seed)
-    feeds: dict[str, np.ndarray] = {}
-    wanted = list(options.inputs) or [n for n in index.inferred_inputs() if index.nodes[n].op != "PlaceholderWithDefault"]
-    for name in wanted:
-        node = index.node(name)
-        if node is None:
-            raise CannotVerifyError(f"input '{name}' is not in the graph")
-        if name in options.values:
-            feeds[name] = np.asarray(options.values[name])
-            continue
-        dtype = tensors.numpy_dtype(node.attr["dtype"].type)
-        shape = options.shapes.get(name)
-        if shape is None:
-            dims = tensors.shape_of(node.attr["shape"].shape) if "shape" in node.attr else None
-            if dims is None:
-                raise CannotVerifyError(f"input '{name}' has no known rank: give it --input-shape {name}=...")
-            shape = [d if d >= 0 else options.batch for d in dims]
-        if np.prod(shape, dtype=np.float64) > MAX_FEED_ELEMENTS or min(shape, default=0) < 0:
-            raise CannotVerifyError(f"input '{name}' would have shape {list(shape)}: "
-                                    f"pass --input-shape {name}=...")
-        if dtype is None or dtype == np.bool_:
-            kind = "a bool" if dtype == np.bool_ else "not numeric"
-            raise CannotVerifyError(f"input '{name}' is {kind} and cannot be filled automatically: "
-                                    f"pass --feed {name}=VALUE")
-        if np.issubdtype(dtype, np.floating):
-            feeds[name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[name] = rng.integers(0, 4, size=shape).astype(dtype)
-    return feeds
+    @property
+    def calibrated(self) -> bool:
+        return self.rtol is None and self.atol is None
 
 
 LEGACY_OPS = frozenset({"BatchNormWithGlobalNormalization"})
@@ -133,38 +124,32 @@ def runnable(graph_def: Any) -> tuple[Any, bool]:
 
 
 def run(graph_def: Any, feeds: Mapping[str, np.ndarray], fetches: Sequence[str],
-        options: Options = Options()) -> list[np.ndarray]:
-    """Run a graph in TensorFlow on the CPU (in tfrun's worker process); CannotVerifyError
-    with TensorFlow's first line when it refuses the graph, fails or crashes, and its
-    subclasses when the graph is unsafe or exceeds a limit."""
-    return runner(graph_def, fetches, options)(feeds, fetches)
+        options: Options = Options(), label: str = "the graph") -> list[np.ndarray]:
+    """Run a graph in TensorFlow on the CPU (in tfrun's worker process), channels-first
+    ops channels-last where TensorFlow lacks their kernel; CannotVerifyError with
+    TensorFlow's reason when it refuses the graph, fails or crashes, and its subclasses
+    when the graph is unsafe or exceeds a limit."""
+    return _Runs({label: graph_def}, feeds, fetches, options).run(label, fetches)
 
 
-def runner(graph_def: Any, fetches: Sequence[str], options: Options = Options()) -> Callable[..., list[np.ndarray]]:
-    """Check the graph once for everything it may be asked for (`fetches`), before anything
-    runs; then `runner(...)(feeds, wanted)` runs it within the limits."""
-    graph, bounds = checked(graph_def, fetches, options), limits(graph_def, options)
-    return lambda feeds, wanted: tfrun.run(graph, feeds, wanted, bounds)
-
-
-def checked(graph_def: Any, fetches: Sequence[str], options: Options = Options()) -> bytes:
-    """The graph to run, serialized, once safety.py (and, for ops it does not know,
-    TensorFlow's live registry) finds no side effects behind `fetches`."""
-    graph, _ = runnable(graph_def)
-    if not options.trust_graph:
-        unknown = safety.check(graph, fetches)
-        stateful = tfrun.stateful(unknown, limits(graph, options)) if unknown else set()
-        if stateful:
-            raise UnsafeGraphError(safety.describe(
-                [e for e in safety.side_effects(graph, fetches) if e.op in stateful and e.runs]))
-    return graph.SerializeToString(deterministic=True)
+def check_safe(graph_def: Any, fetches: Sequence[str], options: Options = Options()) -> None:
+    """UnsafeGraphError unless safety.py (and, for ops it does not know, TensorFlow's live
+    registry) finds no side effects behind `fetches`; nothing with --trust-graph."""
+    if options.trust_graph:
+        return
+    graph = graphio.as_internal(graph_def)
+    unknown = safety.check(graph, fetches)
+    stateful = tfrun.stateful(unknown, limits(graph, options)) if unknown else set()
+    if stateful:
+        raise UnsafeGraphError(safety.describe(
+            [e for e in safety.side_effects(graph, fetches) if e.op in stateful and e.runs]))
 
 
 def unchecked(graphs: Sequence[Any], fetches: Sequence[str], options: Options) -> list[str] | None:
     """With --trust-graph, the side-effect ops that run unchecked in `graphs`; None without it."""
     if not options.trust_graph:
         return None
-    return sorted({e.op for graph in graphs for e in safety.side_effects(graphio.to_internal(graph), fetches)
+    return sorted({e.op for graph in graphs for e in safety.side_effects(graphio.as_internal(graph), fetches)
                    if e.runs and e.verdict != safety.ALLOWED})
 
 
@@ -173,95 +158,167 @@ def limits(graph_def: Any, options: Options) -> tfrun.Limits:
     tfrun's share of the machine's memory."""
     timeout = options.timeout
     if timeout is None:
-        timeout = BASE_TIMEOUT + TIMEOUT_PER_NODE * len(graphio.to_internal(graph_def).node)
+        timeout = BASE_TIMEOUT + TIMEOUT_PER_NODE * len(graphio.as_internal(graph_def).node)
     return tfrun.Limits(timeout, tfrun.default_max_memory() if options.max_memory is None else options.max_memory)
 
 
+def perturbed(graph_def: Any, seed: int = SEED) -> Any:
+    """A copy in which every nonzero finite floating-point constant is moved by one unit
+    in the last place of its dtype, up or down at random (seeded)."""
+    graph = graphio.to_internal(graph_def)
+    rng = np.random.default_rng(seed)
+    for node in graph.node:
+        value = tensors.to_numpy(node.attr["value"].tensor) if node.op == "Const" else None
+        if value is None or not np.issubdtype(value.dtype, np.floating) or not value.any():
+            continue
+        toward = np.where(rng.integers(0, 2, value.shape, dtype=np.int8) > 0, np.inf, -np.inf)
+        moved = np.where(np.isfinite(value) & (value != 0), np.nextafter(value, toward.astype(value.dtype)), value)
+        node.attr["value"].tensor.CopyFrom(tensors.to_proto(moved.astype(value.dtype)))
+    return graph
+
+
 def compare(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float | None = None,
-            atol: float | None = None) -> OutputCheck:
+            atol: float | None = None, noisy: np.ndarray | None = None) -> OutputCheck:
+    """Compare `actual` with `expected`; `noisy` is the original's output under perturbed
+    constants (calibrates the bound unless rtol or atol is given)."""
     expected, actual = np.asarray(expected), np.asarray(actual)
+    label = str(expected.dtype)
+
+    def check(max_abs: float, max_rel: float, bound: float, passed: bool, problem: str | None = None,
+              noise: float | None = None, rule: str = "exact", scale: float = 0.0) -> OutputCheck:
+        return OutputCheck(name, label, max_abs, max_rel, scale, bound, noise, rule, passed, problem)
+
+    if expected.shape != actual.shape:
+        return check(float("inf"), float("inf"), 0.0, False, f"shape {actual.shape} != {expected.shape}")
+    if not np.issubdtype(expected.dtype, np.inexact):
+        equal = bool(np.array_equal(expected, actual))
+        far = 0.0 if equal else float("inf")
+        return check(far, far, 0.0, equal, None if equal else "values differ")
+    a, b = expected.astype(np.float64), actual.astype(np.float64)
+    problem = _special_values(a, b)
+    if problem:
+        return check(float("inf"), float("inf"), 0.0, False, problem)
+    finite = np.isfinite(a)
+    max_abs = float(np.abs(a[finite] - b[finite]).max(initial=0.0))
+    scale = float(np.abs(a[finite]).max(initial=0.0))
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    noise = _noise(a, noisy) if rtol is None and atol is None else None
     default_rtol, default_atol = TOLERANCES.get(expected.dtype, (0.0, 0.0))
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
-    label = str(expected.dtype)
+    bound, rule = atol + rtol * scale, f"{atol:g} + {rtol:g} x scale"
+    if noise is not None:
+        ulps = FLOOR_ULPS * float(np.finfo(expected.dtype).eps) * scale
+        if ulps < bound:
+            bound, rule = ulps, f"{FLOOR_ULPS:g} ulp x scale"
+        bound += NOISE_MULTIPLE * noise
+        rule = f"{NOISE_MULTIPLE:g} x noise + {rule}"
+    return check(max_abs, max_rel, bound, max_abs <= bound, noise=noise, rule=rule, scale=scale)
 
-    def fail(problem: str) -> OutputCheck:
-        return OutputCheck(name, label, float("inf"), float("inf"), rtol, atol, False, problem)
 
-    if expected.shape != actual.shape:
-        return fail(f"shape {actual.shape} != {expected.shape}")
-    if not np.issubdtype(expected.dtype, np.number) or not np.issubdtype(expected.dtype, np.inexact):
-        equal = bool(np.array_equal(expected, actual))
-        return OutputCheck(name, label, 0.0 if equal else float("inf"), 0.0 if equal else float("inf"),
-                           rtol, atol, equal, None if equal else "values differ")
-    a, b = expected.astype(np.float64), actual.astype(np.float64)
+def _special_values(a: np.ndarray, b: np.ndarray) -> str | None:
     if not np.array_equal(np.isnan(a), np.isnan(b)):
-        return fail("NaN at different positions")
+        return "NaN at different positions"
     if not np.array_equal(np.where(np.isinf(a), a, 0), np.where(np.isinf(b), b, 0)):
-        return fail("infinities differ")
+        return "infinities differ"
+    return None
+
+
+def _noise(a: np.ndarray, noisy: np.ndarray | None) -> float | None:
+    """How far the output moved under perturbed constants; None when that cannot
+    calibrate anything (no run, or NaN, Inf or shapes that moved too)."""
+    if noisy is None or np.shape(noisy) != a.shape:
+        return None
+    n = np.asarray(noisy, np.float64)
+    if _special_values(a, n):
+        return None
     finite = np.isfinite(a)
-    diff = np.abs(a[finite] - b[finite])
-    max_abs = float(diff.max()) if diff.size else 0.0
-    scale = float(np.abs(a[finite]).max()) if finite.any() else 0.0
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-    return OutputCheck(name, label, max_abs, max_rel, rtol, atol, max_abs <= atol + rtol * scale)
+    return float(np.abs(a[finite] - n[finite]).max(initial=0.0))
+
+
+class _Runs:
+    """Runs a set of graphs on one set of feeds, all in the same layout: channels-first
+    ops run channels-last when the user turned oneDNN off, or when a graph holding them
+    fails natively (fp16 Conv2D, MaxPoolV2 and others have no NCHW CPU kernel even
+    with oneDNN). `switched` counts such switches, so callers can rerun what ran before."""
+
+    def __init__(self, graphs: Mapping[str, Any], feeds: Mapping[str, np.ndarray], fetches: Sequence[str],
+                 options: Options) -> None:
+        """`fetches`: everything the graphs may be asked for, checked before anything runs."""
+        self.graphs = {label: runnable(graph)[0] for label, graph in graphs.items()}
+        for graph in self.graphs.values():
+            check_safe(graph, fetches, options)
+        self.limits = {label: limits(graph, options) for label, graph in self.graphs.items()}
+        self.feeds = feeds
+        self.channels_first = len(set().union(*map(layout.channels_first_ops, self.graphs.values())))
+        self.channels_last = bool(self.channels_first) and tfrun.onednn_off()
+
+    def run(self, label: str, fetches: Sequence[str]) -> list[np.ndarray]:
+        try:
+            return self._run(label, fetches)
+        except GraphRunError:  # not a crash: that would only crash again
+            if self.channels_last or not self.channels_first:
+                raise
+            self.channels_last = True
+            return self._run(label, fetches)
+
+    def _run(self, label: str, fetches: Sequence[str]) -> list[np.ndarray]:
+        graph = self.graphs[label]
+        if self.channels_last:
+            graph = layout.to_channels_last(graph)
+        return tfrun.run(graph.SerializeToString(deterministic=True), self.feeds, fetches, self.limits[label], label)
+
+    def run_all(self, labels: Sequence[str], fetches: Sequence[str]) -> list[list[np.ndarray]]:
+        """Each graph's outputs, all from the same layout."""
+        was = self.channels_last
+        results = [self.run(label, fetches) for label in labels]
+        if self.channels_last != was:  # switched midway: what ran first ran natively
+            results = [self._run(label, fetches) for label in labels]
+        return results
+
+
+ORIGINAL, REWRITTEN, PERTURBED = "the original graph", "the rewritten graph", "the original with perturbed constants"
 
 
 def verify(original: Any, rewritten: Any, options: Options = Options(),
            feeds: Mapping[str, np.ndarray] | None = None, trace: Sequence[str] = ()) -> Verification:
-    """Run both graphs on the same inputs and compare each output. When one differs,
-    the tensors named in `trace` (batch-norm outputs, in topological order) are compared
-    too, to say where the difference starts."""
+    """Run both graphs on the same inputs and compare each output, within a bound
+    calibrated on the original's own rounding noise (module docstring). When one
+    differs, the tensors named in `trace` (batch-norm outputs, in topological order)
+    are compared too, to say where the difference starts."""
     index = GraphIndex(graphio.to_internal(original))
     fetches = list(options.outputs) or index.inferred_outputs()
-    present = {node.name for node in graphio.to_internal(rewritten).node}
-    traced = [name for name in trace if name in present]
-    run_original, run_rewritten = (runner(graph, fetches + traced, options) for graph in (original, rewritten))
     if feeds is None:
         feeds = make_feeds(original, options)
-    expected = run_original(feeds, fetches)
-    actual = run_rewritten(feeds, fetches)
+    graphs = {ORIGINAL: original, REWRITTEN: rewritten}
+    if options.calibrated:
+        graphs[PERTURBED] = perturbed(original, SEED + options.seed)
+    present = {node.name for node in graphio.as_internal(rewritten).node}
+    traced = [name for name in trace if name in present]
+    runs = _Runs(graphs, feeds, fetches + traced, options)
+    expected, actual = runs.run_all([ORIGINAL, REWRITTEN], fetches)
+    noisy = _calibration(runs, fetches) if options.calibrated else [None] * len(fetches)
     result = Verification({k: list(np.shape(v)) for k, v in feeds.items()},
+                          shape_sources=dict(getattr(feeds, "sources", {})),
+                          warnings=list(getattr(feeds, "warnings", [])),
                           lowered_producer=runnable(original)[1],
                           trusted=unchecked([original, rewritten], fetches, options))
-    result.outputs = [compare(name, e, a, options.rtol, options.atol)
-                      for name, e, a in zip(fetches, expected, actual)]
+    result.outputs = [compare(name, e, a, options.rtol, options.atol, n)
+                      for name, e, a, n in zip(fetches, expected, actual, noisy)]
     if not result.passed and traced:
-        pairs = zip(traced, run_original(feeds, traced), run_rewritten(feeds, traced))
-        result.first_difference = next(
-            (check for check in (compare(n, e, a, options.rtol, options.atol) for n, e, a in pairs)
-             if not check.passed), None)
+        expected, actual = runs.run_all([ORIGINAL, REWRITTEN], traced)
+        noisy = _calibration(runs, traced) if options.calibrated else [None] * len(traced)
+        checks = (compare(*args, options.rtol, options.atol, n)
+                  for args, n in zip(zip(traced, expected, actual), noisy))
+        result.first_difference = next((check for check in checks if not check.passed), None)
+    result.channels_last = runs.channels_first if runs.channels_last else 0
     return result
 
 
-@dataclass(frozen=True)
-class Probe:
-    """How much output `name` of the first sample moves when it runs alone instead of
-    inside a batch: zero for a graph whose samples are independent."""
-    name: str
-    batch: int
-    max_abs: float
-    max_rel: float
-
-
-def probe(graph_def: Any, options: Options = Options()) -> list[Probe]:
-    """Run a batch, then its first sample alone: frozen training-mode batch norms make
-    a sample's result depend on the rest of its batch."""
-    index = GraphIndex(graphio.to_internal(graph_def))
-    fetches = list(options.outputs) or index.inferred_outputs()
-    run_graph = runner(graph_def, fetches, options)
-    feeds = make_feeds(graph_def, replace(options, batch=max(options.batch, 2)))
-    sizes = {v.shape[0] for v in feeds.values() if np.ndim(v)}
-    if not feeds or len(sizes) != 1 or min(sizes) < 2:
-        raise CannotVerifyError("probing needs inputs that share a batch dimension of 2 or more "
-                                "(--batch, --input-shape)")
-    batch = sizes.pop()
-    batched = run_graph(feeds, fetches)
-    alone = run_graph({k: v[:1] if np.ndim(v) else v for k, v in feeds.items()}, fetches)
-    found = []
-    for name, together, single in zip(fetches, batched, alone):
-        if np.ndim(together) == 0 or together.shape[0] != batch or single.shape[0] != 1:
-            continue  # not a per-sample output
-        check = compare(name, together[:1], single, rtol=0.0, atol=0.0)
-        found.append(Probe(name, batch, check.max_abs, check.max_rel))
-    return found
+def _calibration(runs: _Runs, fetches: Sequence[str]) -> list[np.ndarray | None]:
+    """The perturbed original's outputs; where it cannot run (a constant that decides a
+    shape, say), the outputs fall back to the fixed tolerances."""
+    try:
+        return runs.run(PERTURBED, fetches)
+    except GraphRunError:  # TensorFlow refused it; a timeout or crash is not the graph's shape
+        return [None] * len(fetches)

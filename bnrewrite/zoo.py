@@ -18,7 +18,8 @@ from typing import Any, Callable, Sequence
 from . import audit, load_graph, rewrite, save_graph
 from .errors import BnRewriteError, GraphLoadError
 from .report import EXIT_OK, AuditReport, RewriteReport, exit_code
-from .verify import Options, probe, unchecked
+from .probe import probe
+from .verify import Options, unchecked
 
 GRAPH_SUFFIXES = (".pb", ".pbtxt")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,14 @@ from bnrewrite.nodes import set_attrs
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
-REALGRAPHS = ROOT.parent / "shared" / "realgraphs"
+SHARED_REALGRAPHS = ROOT.parent / "shared" / "realgraphs"
+
+
+def realgraphs_dir() -> Path | None:
+    """The real frozen graphs (../shared/realgraphs/MANIFEST.md): $BNREWRITE_REALGRAPHS,
+    else ../shared/realgraphs beside the repository; None if neither exists."""
+    folder = Path(os.environ.get("BNREWRITE_REALGRAPHS") or SHARED_REALGRAPHS)
+    return folder if folder.is_dir() else None
 
 
 def fixture_cases() -> list[str]:
@@ -52,5 +60,13 @@ def builder() -> Builder:
 
 @pytest.fixture(scope="session")
 def realgraphs() -> Path:
-    assert REALGRAPHS.is_dir(), f"the shared real graphs are expected at {REALGRAPHS}"
-    return REALGRAPHS
+    """Skipped where the real graphs are absent (a lone clone); CI sets
+    BNREWRITE_REQUIRE_REALGRAPHS=1, which turns that skip into a failure."""
+    folder = realgraphs_dir()
+    if folder is None:
+        where = (f"put the real graphs in {SHARED_REALGRAPHS} or name their folder in "
+                 f"BNREWRITE_REALGRAPHS (README: 'Set-up for development')")
+        if os.environ.get("BNREWRITE_REQUIRE_REALGRAPHS") == "1":
+            pytest.fail(f"real graphs required (BNREWRITE_REQUIRE_REALGRAPHS=1): {where}")
+        pytest.skip(f"real graphs not found: {where}")
+    return folder

@@ -12,7 +12,6 @@ import importlib
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -50,13 +49,11 @@ def test_fuzz_regression(sidecar: Path, tmp_path: Path) -> None:
 def test_fuzzer_smoke() -> None:
     """30 seeded mutations through audit and rewrite --no-verify, in-process: the mutator
     still produces cases, every outcome is classified, and none of them crashes."""
-    start = time.time()
     outcomes = fuzz.smoke(n=30, seed=0)
     assert len(outcomes) == 60 and all(applied for _, applied, _, _, _ in outcomes)
     assert {outcome for *_, outcome, _ in outcomes} <= {"ok", "exit2", "exit1", "bad-rewrite", "crash", "hang"}
     crashes = [(i, applied, kind, sig) for i, applied, kind, outcome, sig in outcomes if outcome not in ("ok", "exit2")]
     assert not crashes, crashes
-    assert time.time() - start < 20
 
 
 @pytest.mark.parametrize("effect", fuzz.SIDE_EFFECTS, ids=[e[0] for e in fuzz.SIDE_EFFECTS])

@@ -48,13 +48,15 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_real_graph_rewrite_keeps_outputs(realgraphs, name):
     options, ops_after, nodes_after = CASES[name]
+    """Verified as `rewrite` does by default: calibrated tolerance, no --rtol/--atol."""
     original = bnrewrite.load_graph(realgraphs / name)
-    rewritten, report = bnrewrite.rewrite(original)
+    rewritten, report = bnrewrite.rewrite(original, verify=Options(**options))
     counts = Counter(node.op for node in rewritten.node)
     assert {op: counts[op] for op in ops_after} == ops_after
     assert report.nodes_after == len(rewritten.node) == nodes_after
-    result = bnrewrite.verify(original, rewritten, Options(**options))
-    assert result.outputs and result.passed, result.outputs
+    checks = report.verification["outputs"]
+    assert checks and all(c["passed"] and c["max_abs"] <= c["bound"] for c in checks), checks
+    assert all(c["noise"] is not None for c in checks if c["dtype"].startswith("float"))
 
 
 def test_training_mode_batch_norms_keep_batch_statistics(realgraphs):
@@ -95,3 +97,14 @@ def test_sbd_folds_forward_into_every_convolution(realgraphs):
     result = bnrewrite.verify(original, rewritten, Options(outputs=["Identity", *convs], batch=1))
     assert result.passed and len(result.outputs) == 11, result.describe()
     assert max(c.max_abs for c in result.outputs[1:]) > 0  # the convs really were recomputed
+
+
+def test_default_shapes_exercise_a_fully_dynamic_image_input(realgraphs):
+    """tfpose's input is [-1, -1, -1, 3]: a batch of 2 images covering the conv stack's
+    receptive field, not 2x2 pixels; and 2x2 given by hand is warned about."""
+    graph = bnrewrite.load_graph(realgraphs / "tfpose_mnv2_small_opt.pb")
+    feeds = make_feeds(graph, Options())
+    assert feeds["image"].shape == (2, 512, 512, 3) and feeds.warnings == []
+    assert "receptive field (843 px, capped at 512), stride 16" in feeds.sources["image"]
+    (warning,) = make_feeds(graph, Options(shapes={"image": [1, 2, 2, 3]})).warnings
+    assert "50 of its 50 convolutions and pools" in warning

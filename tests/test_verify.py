@@ -6,9 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+from tensorboard.compat.proto import types_pb2
 
 import bnrewrite
-from bnrewrite.verify import Options, compare, make_feeds, runnable
+from bnrewrite import layout
+from bnrewrite.verify import Options, compare, make_feeds, run, runnable
 from conftest import fixture_path
 
 nan, inf = float("nan"), float("inf")
@@ -78,7 +80,6 @@ def test_nan_producing_legacy_graph_verifies(realgraphs):
     it alone (degenerate-parameters); a hand-made FusedBatchNormV3 over the same tensors
     puts NaN at the same places, and the verifier must call that equal."""
     from bnrewrite import nodes
-    from bnrewrite.verify import run
     graph = bnrewrite.load_graph(realgraphs / "tf_graphconstructor_test_bnwgn.pbtxt")
     rewritten, report = bnrewrite.rewrite(graph)
     assert report.batch_norms[0].reason == "degenerate-parameters"
@@ -115,7 +116,7 @@ def test_options_reach_the_feeds():
 
 def test_probe_tells_batch_dependent_graphs_apart(capsys):
     from bnrewrite import cli
-    from bnrewrite.verify import probe
+    from bnrewrite.probe import probe
     (independent,) = probe(bnrewrite.load_graph(fixture_path("fbn_v3_conv_nhwc")))
     assert independent.batch == 2 and independent.max_rel < 1e-6
     code = cli.main(["audit", "--probe", "--format", "json", "--batch", "3",
@@ -127,7 +128,143 @@ def test_probe_tells_batch_dependent_graphs_apart(capsys):
 
 
 def test_probe_needs_a_batch():
-    from bnrewrite.verify import probe
+    from bnrewrite.probe import probe
     graph = bnrewrite.load_graph(fixture_path("fbn_v3_conv_nhwc"))
     with pytest.raises(bnrewrite.BnRewriteError, match="batch dimension of 2"):
         probe(graph, Options(shapes={"x": [1, 7, 5, 3]}))
+
+
+def test_a_subtle_corruption_is_caught():
+    """One folded weight off by 1e-3 of its value: far inside the old fixed tolerance's
+    reach for deep graphs, still far outside this graph's own rounding noise."""
+    from test_cli_rewrite import _corrupt
+    original = bnrewrite.load_graph(fixture_path("fbn_v3_conv_nhwc"))
+    good, _ = bnrewrite.rewrite(original)
+
+    def nudge(w):
+        w = w.copy()
+        w.flat[7] *= np.float32(1 + 1e-3)
+        return w
+    bad = _corrupt(type(good).FromString(good.SerializeToString()), "conv1/Conv2D/bn_folded/weights", nudge)
+    result = bnrewrite.verify(original, bad)
+    (check,) = result.outputs
+    assert not result.passed and check.max_abs > check.bound > check.noise > 0
+    assert bnrewrite.verify(original, good).passed
+
+
+def _nchw_and_nhwc_twins(builder):
+    from test_verify_units import _nchw_conv_pool
+    nchw = _nchw_conv_pool(builder)
+    nhwc = type(nchw)()
+    nhwc.CopyFrom(nchw)
+    for node in nhwc.node:
+        if "data_format" in node.attr:
+            node.attr["data_format"].s = b"NHWC"
+            for key in ("strides", "ksize", "dilations"):
+                if key in node.attr:
+                    values = list(node.attr[key].list.i)
+                    node.attr[key].list.i[:] = [values[i] for i in (0, 2, 3, 1)]
+    node = next(n for n in nhwc.node if n.name == "conv")
+    node.attr["explicit_paddings"].list.i[:] = [0, 0, 1, 2, 3, 4, 0, 0]
+    return nchw, nhwc
+
+
+def test_channels_last_runs_compute_what_channels_first_ops_do(builder):
+    """layout.py on a strided, explicitly padded NCHW conv and pool equals the same graph
+    written NHWC: on any CPU, whatever oneDNN does."""
+    nchw, nhwc = _nchw_and_nhwc_twins(builder)
+    x = np.random.default_rng(0).standard_normal((2, 4, 9, 11)).astype(np.float32)
+    (got,) = run(layout.to_channels_last(nchw), {"x": x}, ["bias"])
+    (want,) = run(nhwc, {"x": x.transpose(0, 2, 3, 1)}, ["bias"])
+    np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), rtol=1e-6, atol=1e-5)
+
+
+def test_with_onednn_off_nchw_graphs_verify_channels_last(monkeypatch):
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    graph = bnrewrite.load_graph(fixture_path("fbn_v1_conv_nchw"))
+    rewritten, _ = bnrewrite.rewrite(graph)
+    result = bnrewrite.verify(graph, rewritten)
+    assert result.passed and result.channels_last == 1
+
+
+def test_without_tensorflow_the_api_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # what find_spec sees when it is not installed
+    graph = bnrewrite.load_graph(fixture_path("bnwgn_conv_scale"))
+    with pytest.raises(bnrewrite.CannotVerifyError, match=r"not installed.*bnrewrite\[tensorflow\].*verify=None"):
+        bnrewrite.rewrite(graph, verify=Options())
+    assert bnrewrite.rewrite(graph)[1].summary()["fold"] == 1
+
+
+def test_without_tensorflow_the_cli_exits_2_and_audit_still_works(tmp_path):
+    """The CLI in a process where `tensorflow` cannot be found (sys.modules[name] = None
+    is Python's documented way to make an import fail)."""
+    shim = ("import sys; sys.modules['tensorflow'] = None; from bnrewrite.cli import main; "
+            "sys.argv[0] = 'bnrewrite'; sys.exit(main())")
+    cli = lambda *args: subprocess.run([sys.executable, "-c", shim, *map(str, args)], capture_output=True,
+                                       text=True, timeout=60)
+    graph, out = fixture_path("bnwgn_conv_scale"), tmp_path / "x.pb"
+    for result in (cli("rewrite", graph, "-o", out), cli("verify", graph, graph)):
+        assert result.returncode == 2 and not out.exists()
+        line, = result.stderr.strip().splitlines()
+        assert "TensorFlow is not installed" in line and "pip install 'bnrewrite[tensorflow]'" in line
+        assert "--no-verify" in line
+    assert cli("audit", graph).returncode == 0
+    result = cli("audit", "--probe", graph)
+    assert result.returncode == 2 and "--probe runs each graph in it" in result.stderr
+    result = cli("rewrite", graph, "-o", out, "--no-verify")
+    assert result.returncode == 0 and out.exists(), result.stderr
+
+
+def test_fp16_nchw_convolution_verifies_on_any_cpu(builder):
+    """fp16 NCHW Conv2D has no CPU kernel even through oneDNN (except with AVX-512): a
+    failed native run switches both graphs to channels-last."""
+    from test_rewrite_safety import fused_bn
+    half = types_pb2.DT_HALF
+    builder.node("x", "Placeholder", dtype=half)
+    for d in (-1, 3, 6, 5):
+        builder.graph.node[-1].attr["shape"].shape.dim.add(size=d)
+    builder.node("w", "Const", value=np.random.default_rng(2).normal(0, 0.5, (3, 3, 3, 4)).astype(np.float16),
+                 dtype=half)
+    builder.node("conv", "Conv2D", "x", "w", T=half, strides=[1, 1, 1, 1], padding="SAME", data_format="NCHW")
+    fused_bn(builder, "bn", "conv", 4)
+    bn = builder.graph.node[-1]
+    bn.op, bn.attr["T"].type, bn.attr["data_format"].s = "FusedBatchNormV3", half, b"NCHW"
+    bn.attr["U"].type = types_pb2.DT_FLOAT
+    builder.node("out", "Relu", "bn", T=half)
+    rewritten, report = bnrewrite.rewrite(builder.graph, verify=Options())
+    assert report.batch_norms[0].action == "fold" and report.verification["outputs"][0]["passed"]
+    assert report.verification["outputs"][0]["dtype"] == "float16"
+
+
+def test_channels_last_transposed_convolution_permutes_its_output_size(builder):
+    """Conv2DBackpropInput takes its output size as a tensor in the op's layout."""
+    weights = np.random.default_rng(3).normal(size=(3, 3, 4, 5))
+    for name, layout_name, sizes, strides in (("nchw", "NCHW", [2, 4, 10, 12], [1, 1, 2, 2]),
+                                              ("nhwc", "NHWC", [2, 10, 12, 4], [1, 2, 2, 1])):
+        builder.node(f"{name}/dy", "Placeholder", dtype=types_pb2.DT_FLOAT)
+        builder.node(f"{name}/sizes", "Const", value=np.array(sizes, np.int32), dtype=types_pb2.DT_INT32)
+        builder.const(f"{name}/w", weights)
+        builder.node(f"{name}/deconv", "Conv2DBackpropInput", f"{name}/sizes", f"{name}/w", f"{name}/dy",
+                     T=types_pb2.DT_FLOAT, strides=strides, padding="SAME", data_format=layout_name)
+    dy = np.random.default_rng(4).standard_normal((2, 5, 5, 6)).astype(np.float32)
+    (got,) = run(layout.to_channels_last(builder.graph), {"nchw/dy": dy}, ["nchw/deconv"])
+    (want,) = run(builder.graph, {"nhwc/dy": dy.transpose(0, 2, 3, 1)}, ["nhwc/deconv"])
+    assert got.shape == (2, 4, 10, 12)
+    np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_3d_convolution_and_pool(builder):
+    """NCDHW Conv3D and MaxPool3D run as NDHWC between transposes."""
+    weights = np.random.default_rng(5).normal(size=(2, 3, 3, 4, 5))
+    for name, fmt, conv_strides, pool in (("first", "NCDHW", [1, 1, 1, 2, 1], [1, 1, 1, 2, 2]),
+                                          ("last", "NDHWC", [1, 1, 2, 1, 1], [1, 1, 2, 2, 1])):
+        builder.node(f"{name}/x", "Placeholder", dtype=types_pb2.DT_FLOAT)
+        builder.const(f"{name}/w", weights)
+        builder.node(f"{name}/conv", "Conv3D", f"{name}/x", f"{name}/w", T=types_pb2.DT_FLOAT, strides=conv_strides,
+                     padding="SAME", data_format=fmt)
+        builder.node(f"{name}/pool", "MaxPool3D", f"{name}/conv", T=types_pb2.DT_FLOAT, ksize=pool, strides=pool,
+                     padding="VALID", data_format=fmt)
+    x = np.random.default_rng(6).standard_normal((2, 4, 3, 8, 6)).astype(np.float32)
+    (got,) = run(layout.to_channels_last(builder.graph), {"first/x": x}, ["first/pool"])
+    (want,) = run(builder.graph, {"last/x": x.transpose(0, 2, 3, 4, 1)}, ["last/pool"])
+    np.testing.assert_allclose(got, want.transpose(0, 4, 1, 2, 3), rtol=1e-5, atol=1e-5)

@@ -8,7 +8,6 @@ import contextlib
 import io
 
 import numpy as np
-import pytest
 
 import bnrewrite
 from bnrewrite.verify import Options
@@ -29,24 +28,41 @@ def optimize_for_inference(graph, want):
             tf_graph, want["inputs"], want["outputs"], dtypes if len(dtypes) > 1 else dtypes[0])
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_where_tensorflow_folds_we_fold(name):
+def _compare(name: str) -> tuple[str, set[str], set[str]]:
+    """(what happened to TF's attempt, batch norms it folded correctly, batch norms we
+    fold that it also folded)."""
     want = expected(name)
     graph = bnrewrite.load_graph(fixture_path(name))
     try:
         theirs = optimize_for_inference(graph, want)
     except Exception:  # noqa: BLE001 - the baseline failing is a result, not an error here
-        return
+        return "raises", set(), set()
     values = {n.name: np.array(False) for n in graph.node
               if n.op == "Placeholder" and n.attr["dtype"].type == 10}
     try:
         correct = bnrewrite.verify(graph, theirs, Options(outputs=want["outputs"], values=values)).passed
     except bnrewrite.BnRewriteError:
-        correct = False
+        return "will not run", set(), set()
+    if not correct:
+        return "changes outputs", set(), set()
     still_there = {entry.output for entry in bnrewrite.audit(theirs).batch_norms}
-    folded_by_them = {bn["output"] for bn in want["batch_norms"]} - still_there if correct else set()
-    _, ours = bnrewrite.rewrite(graph)
-    ours_folded = {entry.output for entry in ours.batch_norms if entry.action == "fold"}
     training = {bn["output"] for bn in want["batch_norms"] if bn["training"]}
     # A moments subgraph TF leaves as arithmetic is not folded; ours fuses it instead.
-    assert folded_by_them - training <= ours_folded
+    folded_by_them = {bn["output"] for bn in want["batch_norms"]} - still_there - training
+    _, ours = bnrewrite.rewrite(graph)
+    return "correct", folded_by_them, {e.output for e in ours.batch_norms if e.action == "fold"} & folded_by_them
+
+
+# Measured (TF 2.21): of the fixtures with batch norms, TF's result runs and keeps the
+# outputs on these many, and on them folds these many batch norms.
+CORRECT_GRAPHS, FOLDED_BY_TF = 43, 13
+
+
+def test_where_tensorflow_folds_we_fold():
+    results = {name: _compare(name) for name in CASES}
+    correct = [name for name, (outcome, _, _) in results.items() if outcome == "correct"]
+    folded = sum(len(theirs) for _, theirs, _ in results.values())
+    assert (len(correct), folded) == (CORRECT_GRAPHS, FOLDED_BY_TF), \
+        {name: outcome for name, (outcome, _, _) in results.items()}
+    missed = {name: theirs - ours for name, (_, theirs, ours) in results.items() if theirs - ours}
+    assert not missed, missed

@@ -328,7 +328,7 @@ def _tf_runs(path):  # does TensorFlow run this graph as `rewrite` verifies it (
     from bnrewrite import index, load_graph, verify
     try:
         graph = load_graph(path)
-        return verify.run(graph, verify.make_feeds(graph), index.GraphIndex(graph).inferred_outputs()) is not None
+        return verify.run(graph, verify.make_feeds(graph, verify.Options()), index.GraphIndex(graph).inferred_outputs()) is not None
     except Exception:
         return False
 
