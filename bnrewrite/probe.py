@@ -11,7 +11,7 @@ from . import graphio
 from .errors import CannotVerifyError
 from .feeds import make_feeds
 from .index import GraphIndex
-from .verify import Options, compare, run
+from .verify import Options, check_safe, compare, run
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ def probe(graph_def: Any, options: Options = Options()) -> list[Probe]:
     a sample's result depend on the rest of its batch."""
     index = GraphIndex(graphio.to_internal(graph_def))
     fetches = list(options.outputs) or index.inferred_outputs()
+    check_safe(graph_def, fetches, options)  # before feeds: a refusal must not wait on an unfillable input
     feeds = make_feeds(graph_def, replace(options, batch=max(options.batch, 2)))
     sizes = {v.shape[0] for v in feeds.values() if np.ndim(v)}
     if not feeds or len(sizes) != 1 or min(sizes) < 2:

@@ -129,7 +129,7 @@ def run(graph_def: Any, feeds: Mapping[str, np.ndarray], fetches: Sequence[str],
     ops channels-last where TensorFlow lacks their kernel; CannotVerifyError with
     TensorFlow's reason when it refuses the graph, fails or crashes, and its subclasses
     when the graph is unsafe or exceeds a limit."""
-    return _Runs({label: graph_def}, feeds, fetches, options).run(label, fetches)
+    return _Runs({label: graph_def}, fetches, options, feeds).run(label, fetches)
 
 
 def check_safe(graph_def: Any, fetches: Sequence[str], options: Options = Options()) -> None:
@@ -242,9 +242,10 @@ class _Runs:
     fails natively (fp16 Conv2D, MaxPoolV2 and others have no NCHW CPU kernel even
     with oneDNN). `switched` counts such switches, so callers can rerun what ran before."""
 
-    def __init__(self, graphs: Mapping[str, Any], feeds: Mapping[str, np.ndarray], fetches: Sequence[str],
-                 options: Options) -> None:
-        """`fetches`: everything the graphs may be asked for, checked before anything runs."""
+    def __init__(self, graphs: Mapping[str, Any], fetches: Sequence[str], options: Options,
+                 feeds: Mapping[str, np.ndarray] | None = None) -> None:
+        """`fetches`: everything the graphs may be asked for, checked before anything else
+        (feeds included: a refusal must not wait on an input nobody can fill)."""
         self.graphs = {label: runnable(graph)[0] for label, graph in graphs.items()}
         for graph in self.graphs.values():
             check_safe(graph, fetches, options)
@@ -288,14 +289,13 @@ def verify(original: Any, rewritten: Any, options: Options = Options(),
     are compared too, to say where the difference starts."""
     index = GraphIndex(graphio.to_internal(original))
     fetches = list(options.outputs) or index.inferred_outputs()
-    if feeds is None:
-        feeds = make_feeds(original, options)
     graphs = {ORIGINAL: original, REWRITTEN: rewritten}
     if options.calibrated:
         graphs[PERTURBED] = perturbed(original, SEED + options.seed)
     present = {node.name for node in graphio.as_internal(rewritten).node}
     traced = [name for name in trace if name in present]
-    runs = _Runs(graphs, feeds, fetches + traced, options)
+    runs = _Runs(graphs, fetches + traced, options)
+    runs.feeds = feeds = make_feeds(original, options) if feeds is None else feeds
     expected, actual = runs.run_all([ORIGINAL, REWRITTEN], fetches)
     noisy = _calibration(runs, fetches) if options.calibrated else [None] * len(fetches)
     result = Verification({k: list(np.shape(v)) for k, v in feeds.items()},

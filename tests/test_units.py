@@ -82,13 +82,14 @@ def _conv_graph(builder, op="Conv2D", data_format="NHWC", bias=None, weights=(3,
 ])
 def test_find_host_reads_channels_from_the_weights(builder, op, weights, channels, axes):
     found = find_host(GraphIndex(_conv_graph(builder, op, weights=weights).graph), "conv")
-    assert (found.node, found.op, found.channels, found.weight_axes) == ("conv", op, channels, axes)
+    (part,) = found.parts
+    assert (found.node, found.op, found.channels, part.weight_axes) == ("conv", op, channels, axes)
     assert found.param_nodes == {"w", "w/read"} and found.bias is None
 
 
 def test_find_host_through_a_bias_and_on_nchw(builder):
     found = find_host(GraphIndex(_conv_graph(builder, data_format="NCHW", bias=[1.0] * 4).graph), "conv/bias")
-    assert found.chain == ("conv", "conv/bias") and found.output == "conv"
+    assert found.links == (("conv", "conv/bias"), ("conv/bias", None)) and found.output == "conv"
     assert found.channel_axis == found.bias_axis == -3
     assert find_host(GraphIndex(builder.graph), "x") is None
 
@@ -97,7 +98,7 @@ def test_matmul_transpose_b_moves_the_channel_axis(builder):
     builder.node("x", "Placeholder", dtype=F32).const("w", np.ones((5, 3)))
     builder.node("mm", "MatMul", "x", "w", T=F32, transpose_b=True)
     found = find_host(GraphIndex(builder.graph), "mm")
-    assert found.weight_axes == (0,) and found.channels == 5
+    assert found.parts[0].weight_axes == (0,) and found.channels == 5
 
 
 def test_layout_channel_axis():
