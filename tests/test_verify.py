@@ -268,3 +268,25 @@ def test_channels_last_3d_convolution_and_pool(builder):
     (got,) = run(layout.to_channels_last(builder.graph), {"first/x": x}, ["first/pool"])
     (want,) = run(builder.graph, {"last/x": x.transpose(0, 2, 3, 4, 1)}, ["last/pool"])
     np.testing.assert_allclose(got, want.transpose(0, 4, 1, 2, 3), rtol=1e-5, atol=1e-5)
+
+
+def test_a_graph_that_grappler_would_fuse_into_a_missing_kernel_still_verifies(builder):
+    """Conv2D -> FusedBatchNorm -> Tanh: with oneDNN on, grappler's remapper makes it one
+    fused op that TF 2.21 has no kernel for ("Fusion is not implemented"), so TensorFlow
+    cannot run the original at all; the worker runs graphs without that remapping."""
+    rng = np.random.default_rng(0)
+    graph = builder.graph
+    x = graph.node.add(name="x", op="Placeholder")
+    x.attr["dtype"].type = 1
+    for d in (2, 6, 6, 3):
+        x.attr["shape"].shape.dim.add(size=d)
+    builder.const("w", rng.normal(size=(3, 3, 3, 4)))
+    builder.node("conv", "Conv2D", "x", "w", T=1, strides=[1, 1, 1, 1], padding="SAME", data_format="NHWC")
+    for role in ("gamma", "beta", "mean", "variance"):
+        builder.const(role, rng.uniform(0.5, 1.5, 4))
+    builder.node("bn", "FusedBatchNorm", "conv", "gamma", "beta", "mean", "variance", T=1, epsilon=0.001,
+                 is_training=False, data_format="NHWC")
+    builder.node("out", "Tanh", "bn", T=1)
+    rewritten, report = bnrewrite.rewrite(graph, verify=bnrewrite.VerifyOptions())
+    assert [e.action for e in report.batch_norms] == ["fold"] and report.verification["outputs"][0]["passed"]
+    assert "FusedBatchNorm" not in {n.op for n in rewritten.node}
