@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.compat.proto import tensor_pb2, types_pb2
 
 # dtype enum -> (numpy dtype, repeated field holding the values when not packed)
 _DTYPES: dict[int, tuple[Any, str]] = {
@@ -78,13 +78,11 @@ def to_numpy(tensor: Any) -> np.ndarray | None:
 
 
 def to_proto(array: np.ndarray) -> Any:
-    """Encode a numpy array as a packed TensorProto (deterministic bytes)."""
-    array = np.ascontiguousarray(array)
+    """Encode a numpy array as a packed TensorProto (deterministic bytes). A 0-d array
+    stays a scalar (np.ascontiguousarray would make it shape [1])."""
+    array = np.asarray(array, order="C")
     proto = tensor_pb2.TensorProto(dtype=dtype_enum(array.dtype))
-    proto.tensor_shape.CopyFrom(
-        tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape]
-        )
-    )
+    for d in array.shape:
+        proto.tensor_shape.dim.add(size=int(d))
     proto.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
     return proto

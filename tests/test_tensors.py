@@ -45,3 +45,9 @@ def test_undecodable_is_none():
     bad = _proto(types_pb2.DT_FLOAT, [4])
     bad.tensor_content = b"\0" * 8  # two floats for a shape of four
     assert tensors.to_numpy(bad) is None
+
+
+def test_a_scalar_stays_a_scalar():
+    proto = tensors.to_proto(np.float32(2.5))
+    assert len(proto.tensor_shape.dim) == 0
+    assert tensors.to_numpy(proto).shape == () and tensors.to_numpy(proto) == 2.5
