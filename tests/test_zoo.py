@@ -7,6 +7,7 @@ import shutil
 import bnrewrite
 from bnrewrite import cli, fold_math
 from conftest import FIXTURES, fixture_path
+from test_realgraphs_rewrite import wav_bytes
 
 ZOO = {"a/trap_mixed_forms.pb": "trap_mixed_forms", "a/b/bnwgn_conv_scale.pb": "bnwgn_conv_scale",
        "fbn_v3_half.pb": "fbn_v3_half"}
@@ -89,3 +90,19 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_back(tmp_path, cap
         code, stdout, _ = run(capsys, "rewrite", zoo, "-o", zoo / "out", "--no-verify", "--format", "json")
         assert code == 0 and json.loads(stdout)["summary"]["graphs"] == len(ZOO)
     assert bnrewrite.load_graph(zoo / "out" / "fbn_v3_half.pb").node
+
+
+def test_the_real_graphs_as_a_zoo_all_verify(tmp_path, capsys, realgraphs):
+    """Every real graph rewritten and verified, two at a time, with one summary: the KWS
+    graphs get their WAV, which the graphs without a `wav_data` input ignore."""
+    wav = tmp_path / "speech.wav"
+    wav.write_bytes(wav_bytes())
+    code, stdout, err = run(capsys, "rewrite", realgraphs, "-o", tmp_path / "out", "--jobs", "2",
+                            "--feed", f"wav_data=@{wav}", "--format", "json")
+    report = json.loads(stdout)
+    graphs = sorted(p.name for p in realgraphs.iterdir() if p.suffix in (".pb", ".pbtxt"))
+    assert code == 0, err
+    assert report["summary"] == {"graphs": len(graphs), "written": len(graphs), "verification_failed": 0,
+                                 "bad_input": 0}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == graphs
+    assert all(g["report"]["verification"]["outputs"] for g in report["graphs"])
