@@ -216,11 +216,12 @@ def _colocated_with(node: Any) -> list[str]:
 def _pruned(order: list[Any], candidates: set[str]) -> list[Any]:
     """`order` without the candidates nothing reads any more (data, control or
     colocation), found repeatedly: a dead node's inputs may die with it."""
-    uses: Counter[str] = Counter()
-    by_name = {node.name: node for node in order}
+    uses: Counter[str] = Counter()  # only candidates' uses decide anything
+    by_name = {}
     for node in order:
-        uses.update(names.node_of(ref) for ref in node.input)
-        uses.update(_colocated_with(node))
+        by_name[node.name] = node
+        uses.update(source for source in map(names.node_of, node.input) if source in candidates)
+        uses.update(source for source in _colocated_with(node) if source in candidates)
     dead: set[str] = set()
     work = sorted(candidates)
     while work:
