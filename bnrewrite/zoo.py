@@ -7,10 +7,8 @@ skipped, never stops the run; the run's exit code is the worst per-graph code.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -100,6 +98,9 @@ def run(tasks: Sequence[tuple[Callable[..., Outcome], tuple]], jobs: int, progre
                 outcomes.append(function(*arguments))
                 _tick(bar, outcomes[-1])
             return outcomes
+        import multiprocessing  # a pool's modules load only for a run that uses one
+        from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
         with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context) as pool:
