@@ -67,13 +67,14 @@ def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str 
     ops_before = Counter(node.op for node in graph.node)
     protected = _fetched(info, outputs)
     decisions = make_plan(index, mode, protected)
-    result = _rewrite.apply(graph, index, decisions, protected)
+    result, dropped = _rewrite.apply(graph, index, decisions, protected)
     problems = validate.problems(GraphIndex(result), outputs)
     if problems:
         raise RuntimeError(f"internal error: the rewrite produced an invalid graph: {problems[0]}")
     report = RewriteReport(info, mode, [entry(d) for d in decisions], len(result.node),
                            dict(sorted(ops_before.items())),
-                           dict(sorted(Counter(node.op for node in result.node).items())))
+                           dict(sorted(Counter(node.op for node in result.node).items())),
+                           control_edges_dropped=dropped)
     if verify is not None:
         options = replace(verify, outputs=tuple(verify.outputs) or tuple(outputs))
         trace = [d.finding.output for d in decisions]

@@ -3,7 +3,8 @@
 Each batch norm's output keeps its node name (the new BiasAdd, Add or
 FusedBatchNormV3 takes it), so consumers and fetched names stay valid. New nodes
 are named after the host or the batch norm, deterministically. Afterwards, only
-the nodes the rewrite made dead are pruned.
+the nodes the rewrite made dead are pruned, and with them the control edges that
+only kept a dead constant read alive.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .errors import InvalidGraphError
 from .findings import Finding
 from .fold_math import folded_bias, folded_weights
 from .hosts import HOSTS
-from .index import GraphIndex
+from .index import PASSTHROUGH, GraphIndex
 from .plan import FOLD, FUSE, Decision
 
 
@@ -66,9 +67,11 @@ class _Editor:
         return out
 
 
-def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protected: set[str]) -> Any:
-    """A new GraphDef with every fold and fuse applied and the dead pruned.
-    `graph` must be the private copy `index` was built on; it is changed in place."""
+def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protected: set[str]
+          ) -> tuple[Any, list[str]]:
+    """A new GraphDef with every fold and fuse applied and the dead pruned, and the control
+    edges dropped with them ("^source -> consumer"). `graph` must be the private copy
+    `index` was built on; it is changed in place."""
     editor = _Editor(graph, index)
     candidates: set[str] = set()
     for decision in decisions:
@@ -94,7 +97,7 @@ def _dtype(index: GraphIndex, node: str) -> int:
 
 def _fold(ed: _Editor, decision: Decision) -> None:
     finding, host = decision.finding, decision.host
-    scale, offset = finding.params(host.channels).scale_offset()
+    scale, offset = finding.scale_offset(host.channels)
     folded = folded_weights(host.weights, scale, host.weight_axes).astype(host.weights.dtype)
     bias = folded_bias(host.bias, scale, offset)
     dtype = _dtype(ed.index, host.node)
@@ -116,17 +119,29 @@ def _fuse_op(ed: _Editor, finding: Finding) -> None:
 
 
 def _scale_and_shift(ed: _Editor, finding: Finding) -> None:
-    """x * scale + offset with constant vectors laid out along the channel axis."""
-    params = finding.params()
-    scale, offset = params.scale_offset()
-    dtype = _dtype(ed.index, finding.output)
+    """x * scale + offset with constant vectors laid out along the channel axis. A chain with
+    FakeQuant ops gets that per stretch between them, each FakeQuant rewired in between,
+    and a stretch's Mul or Add only where it changes something."""
+    out = finding.output
+    dtype = _dtype(ed.index, out)
     layout = (finding.channels,) + (1,) * (-finding.channel_axis - 1)
     as_x = tensors.numpy_dtype(dtype)
-    scale_name = ed.const(f"{finding.output}/bn_scale", scale.reshape(layout).astype(as_x), finding.output)
-    offset_name = ed.const(f"{finding.output}/bn_offset", offset.reshape(layout).astype(as_x), finding.output)
-    mul = ed.add(nodes.binary(ed.fresh(f"{finding.output}/bn_mul"), "Mul", finding.x, scale_name, dtype),
-                 finding.output)
-    ed.replace(finding, nodes.binary(finding.output, "Add", mul, offset_name, dtype))
+    quants = finding.chain.fake_quants if finding.chain is not None else ()
+    tensor = finding.x
+    for i, (scale, offset) in enumerate(finding.segments()):
+        before = quants[i] if i < len(quants) else out
+        if not quants or np.any(scale != 1):
+            scale_name = ed.const(f"{out}/bn_scale", scale.reshape(layout).astype(as_x), before)
+            tensor = ed.add(nodes.binary(ed.fresh(f"{out}/bn_mul"), "Mul", tensor, scale_name, dtype), before)
+        if before == out:
+            offset_name = ed.const(f"{out}/bn_offset", offset.reshape(layout).astype(as_x), out)
+            ed.replace(finding, nodes.binary(out, "Add", tensor, offset_name, dtype))
+            return
+        if np.any(offset != 0):
+            offset_name = ed.const(f"{out}/bn_offset", offset.reshape(layout).astype(as_x), before)
+            tensor = ed.add(nodes.binary(ed.fresh(f"{out}/bn_add"), "Add", tensor, offset_name, dtype), before)
+        ed.by_name[before].input[0] = tensor
+        tensor = before
 
 
 def _fuse_training(ed: _Editor, finding: Finding) -> None:
@@ -159,25 +174,51 @@ def _colocated_with(node: Any) -> list[str]:
     return [s.decode()[5:] for s in node.attr["_class"].list.s if s.startswith(b"loc:@")]
 
 
-def _prune(graph: Any, candidates: set[str]) -> Any:
-    """Remove candidates nothing reads any more (data, control or colocation), repeatedly."""
-    uses: Counter[str] = Counter()
+def _prune(graph: Any, candidates: set[str]) -> tuple[Any, list[str]]:
+    """Remove candidates nothing reads any more (data, control or colocation), repeatedly.
+    A control edge from a constant read orders nothing: one that is all that keeps such a
+    read alive goes with it (TF2 exports hang every weight read on a NoOp that way)."""
+    uses: Counter[str] = Counter()  # data and colocation
+    controls: Counter[str] = Counter()
     by_name = {node.name: node for node in graph.node}
     for node in graph.node:
-        uses.update(names.node_of(ref) for ref in node.input)
+        for ref in node.input:
+            (controls if ref.startswith("^") else uses)[names.node_of(ref)] += 1
         uses.update(_colocated_with(node))
     dead: set[str] = set()
     work = sorted(candidates)
     while work:
         name = work.pop()
-        if name in dead or name not in by_name or uses[name]:
+        if name in dead or name not in by_name or uses[name] or (controls[name] and not _pure(by_name, name)):
             continue
         dead.add(name)
+        for ref in by_name[name].input:
+            (controls if ref.startswith("^") else uses)[names.node_of(ref)] -= 1
         for source in [names.node_of(ref) for ref in by_name[name].input] + _colocated_with(by_name[name]):
-            uses[source] -= 1
             if source in candidates:
                 work.append(source)
+        uses.subtract(_colocated_with(by_name[name]))
+    dropped = []
     kept = [node for node in graph.node if node.name not in dead]
+    for node in kept:
+        gone = [ref for ref in node.input if ref.startswith("^") and ref[1:] in dead]
+        if gone:
+            dropped += [f"{ref} -> {node.name}" for ref in gone]
+            node.input[:] = [ref for ref in node.input if ref not in gone]
     del graph.node[:]
     graph.node.extend(kept)
-    return graph
+    return graph, sorted(dropped)
+
+
+def _pure(by_name: dict[str, Any], name: str) -> bool:
+    """A Const, or Identity-like reads of one, with no control inputs of their own."""
+    seen = set()
+    node = by_name.get(name)
+    while node is not None and node.name not in seen and not any(r.startswith("^") for r in node.input):
+        seen.add(node.name)
+        if node.op == "Const":
+            return True
+        if node.op not in PASSTHROUGH or len(node.input) != 1:
+            return False
+        node = by_name.get(names.node_of(node.input[0]))
+    return False
