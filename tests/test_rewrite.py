@@ -119,7 +119,7 @@ def test_a_batch_norm_split_by_fake_quant_becomes_one_mul_and_one_add():
     graph = bnrewrite.load_graph(fixture_path("qat_bn_fakequant_inside"))
     rewritten, _ = bnrewrite.rewrite(graph)
     by_name = {n.name: n for n in rewritten.node}
-    add = by_name["bn/batchnorm/add_1"]
+    add = by_name["bn/add_2"]
     quant = by_name[add.input[0]]
     mul = by_name[quant.input[0]]
     assert (add.op, quant.op, mul.op, mul.input[0]) == ("Add", "FakeQuantWithMinMaxVars", "Mul", "conv1/Conv2D")

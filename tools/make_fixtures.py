@@ -182,12 +182,12 @@ for _name, _desc, _kw in [
 
 
 # ----- 4. hand-written formulas ---------------------------------------------------------------
-def formula(fx, shape, channels, eps, expr):
+def formula(fx, shape, channels, eps, expr, action="fold", reason=None):
     y, p, t = conv_setup(fx, shape, channels)
     with tf.name_scope("bn"):
         z = expr(y, t["mean"], t["variance"], t["gamma"], t["beta"], eps)
     finish(fx, z)
-    fx.expect("formula", z, y, p, eps, "Conv2D")
+    fx.expect("formula", z, y, p, eps, "Conv2D", action=action, reason=reason)
 
 
 for _name, _desc, _shape, _c, _eps, _expr in [
@@ -207,8 +207,9 @@ for _name, _desc, _shape, _c, _eps, _expr in [
 
 
 # ----- 5. training mode: statistics from the batch -------------------------------------------
-def moments_bn(fx, channels, eps, host="Conv2D"):
-    """Conv2D (or MatMul, rank 2) -> tf.nn.moments over every axis but the last -> decomposed."""
+def moments_bn(fx, channels, eps, host="Conv2D", axes=None):
+    """Conv2D (or MatMul, rank 2) -> tf.nn.moments over ``axes`` (default: every axis but the
+    last) -> decomposed."""
     if host == "MatMul":
         y = dense(fx, "fc1", fx.placeholder("x", [None, 6]), channels, bias="AddV2")
     else:
@@ -216,7 +217,7 @@ def moments_bn(fx, channels, eps, host="Conv2D"):
     p = fx.bn_params(channels).without("mean", "variance")
     t = fx.param_tensors("bn", p)
     with tf.name_scope("bn"):
-        mean, var = tf.compat.v1.nn.moments(y, list(range(len(y.shape) - 1)))
+        mean, var = tf.compat.v1.nn.moments(y, axes or list(range(len(y.shape) - 1)))
         z = decomposed_bn(y, dict(t, mean=mean, variance=var), eps)
     finish(fx, z)
     fx.expect("batch_normalization", z, y, p, eps, host, action="fuse", reason="training-mode",
@@ -579,33 +580,21 @@ case("affine_conv_scalar", "Conv2D -> x * 1.3 + 0.4 -> Relu (scalar constants: o
 
 
 # ----- 11. quantization-aware graphs: FakeQuant ops are never folded across -----------------
-@case("qat_bn_fakequant_inside", "Conv2D -> tf.nn.batch_normalization with a "
-      "FakeQuantWithMinMaxVars between x * inv and the Add, as TF's QAT rewriter leaves an "
-      "unfolded batch norm: found, not folded (fake-quant); its arithmetic becomes one Mul and "
-      "one Add of constant vectors with the FakeQuant between them.")
-def _(fx):
-    y, p, t = conv_setup(fx, [None, 7, 6, 3], 13)
-    eps = 9.1e-4
-    with tf.name_scope("bn/batchnorm"):
-        inv = tf.math.rsqrt(t["variance"] + eps) * t["gamma"]
-        scaled = fake_quant(y * inv)
-        z = scaled + (t["beta"] - t["mean"] * inv)
-    finish(fx, z)
-    fx.expect("formula", z, y, p, eps, "Conv2D", action="fuse", reason="fake-quant")
-
-
-@case("qat_formula_fakequant_per_channel", "Conv2D -> (x - mean) * rsqrt(var + eps), "
-      "FakeQuantWithMinMaxVarsPerChannel, then * gamma + beta: fake-quant; each side of the "
-      "FakeQuant becomes its own Mul and Add.")
-def _(fx):
-    y, p, t = conv_setup(fx, [None, 6, 7, 3], 10)
-    eps = 9.2e-4
-    with tf.name_scope("bn"):
-        normalized = fake_quant((y - t["mean"]) * tf.math.rsqrt(t["variance"] + eps), "VarsPerChannel",
-                                channels=10)
-        z = normalized * t["gamma"] + t["beta"]
-    finish(fx, z)
-    fx.expect("formula", z, y, p, eps, "Conv2D", action="fuse", reason="fake-quant")
+for _name, _desc, _shape, _c, _eps, _expr in [
+        ("qat_bn_fakequant_inside", "tf.nn.batch_normalization with a FakeQuantWithMinMaxVars "
+         "between x * inv and the Add, as TF's QAT rewriter leaves an unfolded batch norm: its "
+         "arithmetic becomes one Mul and one Add of constant vectors with the FakeQuant between",
+         [None, 7, 6, 3], 13, 9.1e-4,
+         lambda x, m, v, g, b, e: fake_quant(x * (tf.math.rsqrt(v + e) * g))
+         + (b - m * (tf.math.rsqrt(v + e) * g))),
+        ("qat_formula_fakequant_per_channel", "(x - mean) * rsqrt(var + eps), then "
+         "FakeQuantWithMinMaxVarsPerChannel, then * gamma + beta: each side of the FakeQuant "
+         "becomes its own Mul and Add", [None, 6, 7, 3], 10, 9.2e-4,
+         lambda x, m, v, g, b, e: fake_quant((x - m) * tf.math.rsqrt(v + e), "VarsPerChannel",
+                                             channels=10) * g + b)]:
+    case(_name, "Conv2D -> " + _desc + ": found, never folded across the FakeQuant (fake-quant).")(
+        functools.partial(formula, shape=_shape, channels=_c, eps=_eps, expr=_expr, action="fuse",
+                          reason="fake-quant"))
 
 
 @case("qat_fakequant_before_bn", "Conv2D -> FakeQuantWithMinMaxArgs -> FusedBatchNormV3: "
@@ -631,18 +620,9 @@ def _(fx):
 
 
 # ----- 12. moments over negative axes; TF2 exports' control edges ---------------------------
-@case("train_moments_negative_axes", "Conv2D -> tf.nn.moments over [-4, -3, -2] (the batch and "
-      "spatial axes counted from the end) -> tf.nn.batch_normalization: training mode, fuse.")
-def _(fx):
-    y = conv2d(fx, "conv1", fx.placeholder("x", [None, 7, 5, 3]), 6)
-    p = fx.bn_params(6).without("mean", "variance")
-    t = fx.param_tensors("bn", p)
-    with tf.name_scope("bn"):
-        mean, var = tf.compat.v1.nn.moments(y, [-4, -3, -2])
-        z = decomposed_bn(y, dict(t, mean=mean, variance=var), 9.5e-4)
-    finish(fx, z)
-    fx.expect("batch_normalization", z, y, p, 9.5e-4, "Conv2D", action="fuse",
-              reason="training-mode", statistics="moments")
+case("train_moments_negative_axes", "Conv2D -> tf.nn.moments over [-4, -3, -2] (the batch and "
+     "spatial axes counted from the end) -> tf.nn.batch_normalization: training mode, fuse.")(
+    functools.partial(moments_bn, channels=5, eps=9.5e-4, axes=[-4, -3, -2]))
 
 
 @case("tf2_control_edges", "A TF2 export: weights and parameters read through "
