@@ -2,7 +2,9 @@
 
 A drawn `Spec` says which host, bias, batch-norm form, layout, dtype, channel count and
 parameter values to use, and whether the host's weights are shared or its output read
-twice; `build(spec)` writes it as NodeDefs the way TF 1.x graphs hold them.
+twice; `build(spec)` writes it as NodeDefs the way TF 1.x graphs hold them. The chain
+forms are random affine chains: elementwise ops with constant operands in any order and
+association, with (chain_bn) or without (chain_affine) a sqrt(variance + epsilon) step.
 """
 from __future__ import annotations
 
@@ -19,7 +21,12 @@ HOSTS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "MatMul_tb", "Conv3D", "Co
          "atrous", "none")
 FUSED = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3", "BatchNormWithGlobalNormalization")
 ARITHMETIC = ("decomposed", "decomposed_no_gamma", "decomposed_no_beta", "formula_div", "formula_rsqrt")
-FORMS = FUSED + ARITHMETIC + ("moments",)
+CHAINS = ("chain_bn", "chain_affine")
+FORMS = FUSED + ARITHMETIC + ("moments",) + CHAINS
+# One step of a chain: the op with a constant operand (rsub: c - x), and the constant's kind.
+STEPS = ("mul", "add", "sub", "rsub", "div", "neg", "biasadd")
+OPERANDS = ("vector", "scalar", "expr")
+NORMS = ("rsqrt", "sqrt", "pow", "reciprocal")  # how 1 / sqrt(variance + epsilon) is spelled
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,9 @@ class Spec:
     shared_weights: bool
     second_consumer: bool
     swapped: bool
+    chain: tuple[tuple[str, str, bool], ...] = ()  # (step, operand, swapped), x upward
+    norm: str | None = None  # chain_bn: the spelling of its normalising step
+    tap: int | None = None  # a chain step whose output is also read by an output "tap"
 
     @property
     def rank(self) -> int:
@@ -58,7 +68,19 @@ def specs(draw) -> Spec:
         form=form, nchw=nchw, half=half, cin=draw(st.integers(1, 4)), channels=draw(st.integers(1, 7)),
         seed=draw(st.integers(0, 2**16)), epsilon=draw(st.sampled_from((1e-9, 1e-5, 1e-3, 0.1, 1.0))),
         tiny_variance=draw(st.booleans()), shared_weights=host != "none" and draw(st.booleans()),
-        second_consumer=host != "none" and draw(st.booleans()), swapped=draw(st.booleans()))
+        second_consumer=host != "none" and draw(st.booleans()), swapped=draw(st.booleans()),
+        **(_chain_spec(draw, form) if form in CHAINS else {}))
+
+
+def _chain_spec(draw, form: str) -> dict:
+    steps = draw(st.lists(st.tuples(st.sampled_from(STEPS), st.sampled_from(OPERANDS), st.booleans()),
+                          min_size=2, max_size=6))
+    norm = None
+    if form == "chain_bn":  # the normalising step anywhere in the chain
+        norm = draw(st.sampled_from(NORMS))
+        steps.insert(draw(st.integers(0, len(steps))), ("norm", "vector", draw(st.booleans())))
+    tap = draw(st.one_of(st.none(), st.integers(0, len(steps) - 1)))
+    return {"chain": tuple(steps), "norm": norm, "tap": tap}
 
 
 class _Graph:
@@ -92,7 +114,7 @@ def build(spec: Spec) -> tuple[graph_pb2.GraphDef, list[str]]:
         g.graph.node[-1].attr["shape"].shape.dim.add(size=d)
     outputs = []
     y = _host(g, spec, rng, dt, np_dt, outputs)
-    bn = _batch_norm(g, spec, rng, y, dt)
+    bn = _chain(g, spec, rng, y, dt, outputs) if spec.form in CHAINS else _batch_norm(g, spec, rng, y, dt)
     g.node("out", "Relu", bn, T=dt)
     return g.graph, ["out", *outputs]
 
@@ -196,3 +218,57 @@ def _batch_norm(g: _Graph, spec: Spec, rng, y: str, dt) -> str:
     mean_inv = n("mul_2", "Mul", *pair(mean_t, inv))
     shift = n("Neg", "Neg", mean_inv) if spec.form == "decomposed_no_beta" else n("sub", "Sub", beta_t, mean_inv)
     return n("add_1", "AddV2", *pair(scaled, shift))
+
+
+def _chain(g: _Graph, spec: Spec, rng, y: str, dt, outputs: list[str]) -> str:
+    """The steps of spec.chain on y, each with its own constant operand."""
+    c = bn_channels(spec)
+    shape = [c, 1, 1] if spec.nchw else [c]
+    ops = {"mul": "Mul", "add": "AddV2", "sub": "Sub", "rsub": "Sub", "div": "RealDiv", "norm": "Mul"}
+    t = y
+    for i, (step, operand, swapped) in enumerate(spec.chain):
+        name = f"chain/s{i}"
+        if step == "neg":
+            t = g.node(name, "Neg", t, T=dt)
+        elif step == "biasadd":
+            t = g.node(name, "BiasAdd", t, g.const(f"{name}/bias", rng.normal(0, 1, c)), T=dt,
+                       data_format="NCHW" if spec.nchw else "NHWC")
+        else:
+            op = "RealDiv" if step == "norm" and spec.norm == "sqrt" else ops[step]
+            const = _norm(g, spec, rng, name, shape) if step == "norm" else _operand(g, rng, name, operand, shape)
+            first = step == "rsub" or (swapped and op in ("Mul", "AddV2"))
+            t = g.node(name, op, *((const, t) if first else (t, const)), T=dt)
+        if spec.tap == i:
+            outputs.append(g.node("tap", "Relu", t, T=dt))
+    return t
+
+
+def _magnitudes(rng, shape) -> np.ndarray:
+    """Away from zero (the chain divides by some), either sign."""
+    return rng.uniform(0.3, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def _operand(g: _Graph, rng, name: str, kind: str, shape: list[int]) -> str:
+    if kind == "scalar":
+        return g.const(f"{name}/c", _magnitudes(rng, ()))
+    a = g.const(f"{name}/a", _magnitudes(rng, shape))
+    if kind == "vector":
+        return a
+    b = g.const(f"{name}/b", _magnitudes(rng, ()))
+    if rng.integers(2):  # a constant subexpression, evaluated by the analysis
+        return g.node(f"{name}/expr", "Mul", a, g.node(f"{name}/recip", "Reciprocal", b, T=F32), T=F32)
+    return g.node(f"{name}/expr", "Maximum", a, b, T=F32)
+
+
+def _norm(g: _Graph, spec: Spec, rng, name: str, shape: list[int]) -> str:
+    """1 / sqrt(variance + epsilon), or sqrt for a RealDiv, spelled as spec.norm says."""
+    variance = g.const(f"{name}/variance", rng.uniform(0.2, 5.0, shape))
+    eps = g.const(f"{name}/epsilon", spec.epsilon, read=False)
+    summed = g.node(f"{name}/add", "AddV2", *((eps, variance) if spec.swapped else (variance, eps)), T=F32)
+    if spec.norm == "rsqrt":
+        return g.node(f"{name}/Rsqrt", "Rsqrt", summed, T=F32)
+    if spec.norm == "sqrt":
+        return g.node(f"{name}/Sqrt", "Sqrt", summed, T=F32)
+    if spec.norm == "pow":
+        return g.node(f"{name}/Pow", "Pow", summed, g.const(f"{name}/half", -0.5, read=False), T=F32)
+    return g.node(f"{name}/Reciprocal", "Reciprocal", g.node(f"{name}/Sqrt", "Sqrt", summed, T=F32), T=F32)
