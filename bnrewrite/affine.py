@@ -110,12 +110,12 @@ class Analysis:
 
     def _make_step(self, name: str) -> _Step | None:
         node = self.index.nodes[name]
-        if node.op not in CHAIN_OPS or self.index.attr(name, "T", kind=int) not in FLOAT_TYPES:
+        if node.op not in CHAIN_OPS or self.index.attr(name, "T", kind=int) not in FLOAT_TYPES or self.stop(name):
             return None
         inputs = self.index.data_inputs(name)
         consts = [self.constant(t) for t in inputs]
         variable = [i for i, c in enumerate(consts) if c is None]
-        if len(variable) != 1 or self.stop(name):
+        if len(variable) != 1:
             return None
         (v,) = variable
         one, zero = np.ones(()), np.zeros(())
@@ -141,7 +141,8 @@ class Analysis:
         """Maximal chains, in topological order of their roots."""
         partial: dict[str, _Partial] = {}
         absorbed: set[str] = set()
-        for name in sorted(self.index.nodes, key=self.index.topo_position.__getitem__):
+        candidates = [name for name, node in self.index.nodes.items() if node.op in CHAIN_OPS]
+        for name in sorted(candidates, key=self.index.topo_position.__getitem__):
             step = self._step(name)
             if step is None:
                 continue

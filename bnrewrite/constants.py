@@ -38,6 +38,8 @@ BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "Div": np.divide, "Pow": np.power, "Maximum": np.maximum, "Minimum": np.minimum,
     "SquaredDifference": lambda a, b: np.square(a - b),
 }
+# Ops a constant can come out of (Switch: index.const_value sees through it).
+_EVALUATED = frozenset(UNARY) | frozenset(BINARY) | PASSTHROUGH | {"Const", "Cast", "Reshape", "ExpandDims", "Switch"}
 # 1 / sqrt(v + e) spelled as one op, or as Pow with these exponents.
 _ROOTS = {"Rsqrt": -0.5, "Sqrt": 0.5}
 
@@ -63,13 +65,19 @@ class Evaluator:
         self._constants: dict[str, Constant | None] = {}
 
     def constant(self, tensor: str) -> Constant | None:
-        tensor = names.canonical(tensor)
+        return self._constant(names.canonical(tensor))
+
+    def _constant(self, tensor: str) -> Constant | None:
+        """`tensor` canonical, as GraphIndex.data_inputs gives them."""
         if tensor not in self._constants:
             self._constants[tensor] = None  # cycles through a malformed graph end here
             self._constants[tensor] = self._evaluate(tensor)
         return self._constants[tensor]
 
     def _evaluate(self, tensor: str) -> Constant | None:
+        node = self.index.node(tensor)
+        if node is None or node.op not in _EVALUATED:
+            return None  # most operands: the cheap answer first
         leaf = self.index.const_value(tensor)
         if leaf is not None:
             value = leaf.value
@@ -85,7 +93,7 @@ class Evaluator:
         if node.op in ("Reshape", "ExpandDims"):
             return self._reshaped(node, inputs, frozenset(through))
         if node.op == "Cast":
-            inner = self.constant(inputs[0]) if inputs else None
+            inner = self._constant(inputs[0]) if inputs else None
             target = tensors.numpy_dtype(self.index.attr(node.name, "DstT", kind=int))
             if inner is None or target is None:
                 return None
@@ -94,7 +102,7 @@ class Evaluator:
         table = UNARY if len(inputs) == 1 else BINARY if len(inputs) == 2 else {}
         if node.op not in table or self.index.attr(node.name, "T", kind=int) not in FLOAT_TYPES:
             return None
-        parts = [self.constant(t) for t in inputs]
+        parts = [self._constant(t) for t in inputs]
         if any(p is None for p in parts):
             return None
         value = np.asarray(table[node.op](*(p.value for p in parts)), np.float64)
@@ -106,7 +114,7 @@ class Evaluator:
                         frozenset().union(*(p.leaf_nodes for p in parts)), norms)
 
     def _reshaped(self, node, inputs: list[str], through: frozenset[str]) -> Constant | None:
-        inner = self.constant(inputs[0]) if len(inputs) == 2 else None
+        inner = self._constant(inputs[0]) if len(inputs) == 2 else None
         shape = self.index.const_value(inputs[1]) if inner is not None else None
         if shape is None or not np.issubdtype(shape.value.dtype, np.integer):
             return None
@@ -131,7 +139,7 @@ class Evaluator:
         summed = self.index.node(self.index.skip_passthrough(inputs[0], PASSTHROUGH)[0])
         if summed is None or summed.op not in ("Add", "AddV2"):
             return ()
-        terms = [self.constant(t) for t in self.index.data_inputs(summed.name)]
+        terms = [self._constant(t) for t in self.index.data_inputs(summed.name)]
         if len(terms) != 2 or None in terms:
             return ()
         a, b = sorted((t.value for t in terms), key=lambda v: (v.size, float(np.max(np.abs(v), initial=0))))

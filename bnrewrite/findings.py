@@ -13,10 +13,10 @@ import numpy as np
 from . import names
 from .affine import Analysis, Chain, channel_vector, layout_of, recover
 from .fold_math import BNParams, as_channel_vector, channel_layout
-from .hosts import find_host, layout_channel_axis
+from .hosts import HOST_PATTERN, layout_channel_axis
 from .index import PASSTHROUGH, GraphIndex
-from .matcher import Match, match
-from .pattern import root_types
+from .matcher import EDGE_PASSTHROUGH, Match, match
+from .pattern import Op, root_types
 from .variants import AFFINE, FORMULA, Variant, catalogue, statistics
 
 ROLES = ("gamma", "beta", "mean", "variance")
@@ -89,7 +89,9 @@ class Finding:
 
 def find_batch_norms(index: GraphIndex) -> list[Finding]:
     """All batch norms in topological order of their outputs; overlaps resolved."""
-    variants = [(variant, root_types(variant.pattern)) for variant in catalogue()]
+    present = {node.op for node in index.nodes.values()}
+    variants = [(variant, root_types(variant.pattern)) for variant in catalogue()
+                if not variant.needs or variant.needs & present]
     found: list[Finding] = []
     named: dict[str, Finding] = {}
     for name in index.order:
@@ -180,13 +182,22 @@ def _from_chain(chain: Chain) -> Finding:
                    variant, chain=chain)
 
 
+# Ops a host's bias add can read (hosts.HOST_PATTERN's bias alternatives), and those adds.
+_BIASED = frozenset().union(*(root_types(o.inputs[0]) for o in HOST_PATTERN.options
+                              if isinstance(o, Op) and o.name == "bias_add"))
+_BIAS_ADDS = frozenset().union(*(o.types for o in HOST_PATTERN.options if isinstance(o, Op) and o.name == "bias_add"))
+
+
 def _host_bias(index: GraphIndex, node: str) -> bool:
-    """A constant added right after a linear op is that op's bias: hosts.py folds it, so
-    no chain may take it."""
-    if index.nodes[node].op not in ("BiasAdd", "Add", "AddV2"):
+    """A constant added right after an op that hosts.py folds into is that op's bias, which
+    hosts.py folds with it: no chain may take it. (By op types alone, as HOST_PATTERN's bias
+    alternatives spell them: stopping a chain early is never wrong, and matching is slow.)"""
+    if index.nodes[node].op not in _BIAS_ADDS:
         return False
-    host = find_host(index, node)
-    return host is not None and host.bias_node == node
+    inputs = index.data_inputs(node)
+    sources = [index.node(index.skip_passthrough(t, EDGE_PASSTHROUGH)[0]) for t in inputs]
+    return any(source is not None and source.op in _BIASED for source in sources) \
+        and any(index.const_value(t) is not None for t in inputs)  # a Const("bias"), not arithmetic
 
 
 def _source(index: GraphIndex, tensor: str) -> str:

@@ -178,29 +178,28 @@ def _prune(graph: Any, candidates: set[str]) -> tuple[Any, list[str]]:
     """Remove candidates nothing reads any more (data, control or colocation), repeatedly.
     A control edge from a constant read orders nothing: one that is all that keeps such a
     read alive goes with it (TF2 exports hang every weight read on a NoOp that way)."""
-    uses: Counter[str] = Counter()  # data and colocation
-    controls: Counter[str] = Counter()
+    refs = [ref for node in graph.node for ref in node.input]
+    uses = Counter(map(names.node_of, refs))  # data, control and colocation
+    controls = Counter(ref[1:] for ref in refs if ref.startswith("^"))
     by_name = {node.name: node for node in graph.node}
     for node in graph.node:
-        for ref in node.input:
-            (controls if ref.startswith("^") else uses)[names.node_of(ref)] += 1
         uses.update(_colocated_with(node))
     dead: set[str] = set()
     work = sorted(candidates)
     while work:
         name = work.pop()
-        if name in dead or name not in by_name or uses[name] or (controls[name] and not _pure(by_name, name)):
+        if name in dead or name not in by_name or uses[name] > controls[name] \
+                or (uses[name] and not _pure(by_name, name)):
             continue
         dead.add(name)
-        for ref in by_name[name].input:
-            (controls if ref.startswith("^") else uses)[names.node_of(ref)] -= 1
         for source in [names.node_of(ref) for ref in by_name[name].input] + _colocated_with(by_name[name]):
+            uses[source] -= 1
             if source in candidates:
                 work.append(source)
-        uses.subtract(_colocated_with(by_name[name]))
+        controls.subtract(ref[1:] for ref in by_name[name].input if ref.startswith("^"))
     dropped = []
     kept = [node for node in graph.node if node.name not in dead]
-    for node in kept:
+    for node in kept if any(controls[name] for name in dead) else ():
         gone = [ref for ref in node.input if ref.startswith("^") and ref[1:] in dead]
         if gone:
             dropped += [f"{ref} -> {node.name}" for ref in gone]

@@ -40,6 +40,9 @@ class Variant:
     fused_dtypes: frozenset[int] = FUSED_DTYPES  # x dtypes a "fused-op" replacement takes
     side_outputs: bool = False  # outputs besides y (batch statistics) that others may read
     batch_norm: bool = True  # False: a plain scale/shift, reported only where it can fold
+    # A graph holding none of these ops cannot hold the form: the finder skips it there
+    # (empty: no such op); most graphs have no Rsqrt, and matching is the audit's cost.
+    needs: frozenset[str] = frozenset()
 
 
 FORMULA = Variant("formula", None)
