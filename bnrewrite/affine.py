@@ -102,7 +102,6 @@ class Analysis:
         self.constant = Evaluator(index).constant
         self._steps: dict[str, _Step | None] = {}
 
-    # ----- chains ------------------------------------------------------------------------
     def _step(self, name: str) -> _Step | None:
         if name not in self._steps:
             self._steps[name] = self._make_step(name)
@@ -167,7 +166,7 @@ class Analysis:
         user, tensor = step.node, step.variable
         while True:
             node = self.index.node(tensor)
-            if node is None or names.parse(tensor).index != 0 or node.name not in self.index.topo_position                     or self.index.node_consumers(node.name) != {user}:
+            if node is None or names.parse(tensor).index != 0 or self.index.node_consumers(node.name) != {user}:
                 return None
             if node.op in PASSTHROUGH or (node.op in FAKE_QUANT and not quant and self._fixed_range(node.name)):
                 (quant if node.op in FAKE_QUANT else through).append(node.name)
@@ -196,7 +195,7 @@ class _Partial:
             current = current.then(step.map)
         segments.append(current)
         channels, axis = self.layout
-        rank = max(np.ndim(s.map.scale * s.map.shift) for s in self.steps)
+        rank = max(len(np.broadcast_shapes(np.shape(s.map.scale), np.shape(s.map.shift))) for s in self.steps)
         return Chain(root, self.steps[0].variable, tuple(s.node for s in self.steps) + tuple(self.passed),
                      tuple(s.constant for s in self.steps), tuple(segments), tuple(self.quants),
                      channels, -1 if axis is None else axis, rank)

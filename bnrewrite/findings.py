@@ -76,10 +76,6 @@ class Finding:
         n = channels if self.uniform and channels else self.channels
         return [(channel_vector(s.scale, n), channel_vector(s.shift, n)) for s in self.chain.segments]
 
-    @property
-    def constant(self) -> bool:
-        return self.scale_offset() is not None
-
     def vector(self, role: str) -> np.ndarray | None:
         value = self.values.get(role)
         if value is None or self.channels is None:

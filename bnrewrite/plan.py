@@ -254,7 +254,7 @@ def _refused(index: GraphIndex, finding: Finding, reason: str, detail: str, host
              ) -> Decision:
     kind = _fuse_as(finding, reason)
     dtype = index.attr(finding.output, "T", kind=int)
-    if kind is None or finding.problem or (finding.epsilon is None and finding.chain is None) or dtype is None \
+    if kind is None or finding.problem or finding.epsilon is None or dtype is None \
             or not FUSED_AS[kind](finding, dtype):
         return Decision(finding, SKIP, reason, detail, host)
     return Decision(finding, FUSE, reason, detail, host, fuse_as=kind)

@@ -142,8 +142,10 @@ class RewriteReport:
                     f"{s['skip']} left as they were ({s['training']} training mode)")
         lines = audit + [f"  nodes: {self.graph.nodes} -> {self.nodes_after}"]
         if self.control_edges_dropped:
+            shown = self.control_edges_dropped[:3]
+            more = len(self.control_edges_dropped) - len(shown)
             lines.append(f"  {len(self.control_edges_dropped)} control edges from constant reads the rewrite "
-                         f"made dead were dropped: {', '.join(self.control_edges_dropped)}")
+                         f"made dead were dropped: {', '.join(shown)}{f' and {more} more' if more else ''}")
         changes = self.op_changes()
         if changes:
             lines.append(_table(("op", "before", "after"),

@@ -147,3 +147,14 @@ def test_a_fake_quant_splits_the_chain(builder):
     lower, upper = chain.segments
     for got, want in ((lower.scale, GAMMA), (lower.shift, 0), (upper.scale, 1), (upper.shift, BETA)):
         np.testing.assert_allclose(np.broadcast_to(got, (4,)), np.broadcast_to(want, (4,)), rtol=1e-12)
+
+
+def test_constants_of_a_higher_rank_than_the_hosts_output_do_not_fold(builder):
+    """x[N, C] * c[1, 1, C] is [1, N, C]: folding c into the MatMul would drop that axis."""
+    builder.node("x", "Placeholder", dtype=F32)
+    builder.const("w", RNG.normal(size=(3, 4))).const("c", GAMMA.reshape(1, 1, 4))
+    builder.node("mm", "MatMul", "x", "w", T=F32, transpose_a=False, transpose_b=False)
+    binary(builder, "y", "Mul", "mm", "c")
+    builder.node("out", "Relu", "y", T=F32)
+    (entry,) = bnrewrite.audit(builder.graph).batch_norms
+    assert (entry.form, entry.host, entry.action, entry.reason) == ("affine", "MatMul", "skip", "channel-mismatch")
