@@ -99,7 +99,8 @@ class Analysis:
 
     def __init__(self, index: GraphIndex, stop: Callable[[str], bool]) -> None:
         self.index, self.stop = index, stop
-        self.constant = Evaluator(index).constant
+        evaluator = Evaluator(index)
+        self.constant, self.known = evaluator.constant, evaluator.known
         self._steps: dict[str, _Step | None] = {}
 
     def _step(self, name: str) -> _Step | None:
@@ -112,15 +113,16 @@ class Analysis:
         if node.op not in CHAIN_OPS or self.index.attr(name, "T", kind=int) not in FLOAT_TYPES or self.stop(name):
             return None
         inputs = self.index.data_inputs(name)
-        consts = [self.constant(t) for t in inputs]
-        variable = [i for i, c in enumerate(consts) if c is None]
+        variable = [i for i, t in enumerate(inputs) if not self.known(t)]
         if len(variable) != 1:
             return None
         (v,) = variable
         one, zero = np.ones(()), np.zeros(())
         if node.op == "Neg":
             return _made(name, inputs[0], Affine(-one, zero), NOTHING)
-        c = consts[1 - v]
+        c = self.constant(inputs[1 - v])
+        if c is None:
+            return None
         value = c.value
         if node.op == "BiasAdd":
             if v != 0 or value.ndim != 1:
@@ -175,7 +177,7 @@ class Analysis:
             return (node.name, through, quant) if self._step(node.name) is not None else None
 
     def _fixed_range(self, name: str) -> bool:
-        return all(self.constant(t) is not None for t in self.index.data_inputs(name)[1:])
+        return all(self.known(t) for t in self.index.data_inputs(name)[1:])
 
 
 @dataclass

@@ -63,9 +63,23 @@ class Evaluator:
     def __init__(self, index: GraphIndex) -> None:
         self.index = index
         self._constants: dict[str, Constant | None] = {}
+        self._known: dict[str, bool] = {}
 
     def constant(self, tensor: str) -> Constant | None:
         return self._constant(names.canonical(tensor))
+
+    def known(self, tensor: str) -> bool:
+        """Whether `tensor` may be a constant (constant() can still fail to evaluate it):
+        by op types alone, so a graph computing on constants costs no arithmetic here."""
+        tensor = names.canonical(tensor)
+        if tensor not in self._known:
+            self._known[tensor] = False  # cycles through a malformed graph end here
+            node = self.index.node(tensor)
+            self._known[tensor] = node is not None and node.op in _EVALUATED and (
+                self.index.const_value(tensor) is not None
+                or (node.op not in ("Const", "Switch") and bool(node.input)
+                    and all(self.known(t) for t in self.index.data_inputs(node.name))))
+        return self._known[tensor]
 
     def _constant(self, tensor: str) -> Constant | None:
         """`tensor` canonical, as GraphIndex.data_inputs gives them."""
