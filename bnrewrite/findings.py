@@ -270,10 +270,14 @@ def _plausible_count(values: Mapping[str, np.ndarray | None]) -> bool:
 
 def _without_overlaps(index: GraphIndex, found: list[Finding]) -> list[Finding]:
     """Where matches share nodes, keep the one spanning more (a formula with beta
-    also contains its beta-less subexpression); on a tie, the named form."""
+    also contains its beta-less subexpression). On a tie, the named form, unless it
+    reads a parameter as not constant where a chain of constants explains the same ops
+    (c - x matches x - mean with the roles swapped)."""
+    def tie(finding: Finding) -> int:
+        return 1 if finding.chain is not None else 0 if finding.scale_offset() is not None else 2
+
     kept, claimed = [], set()
-    for finding in sorted(found, key=lambda f: (-len(f.nodes), f.chain is not None,
-                                                index.topo_position[f.output])):
+    for finding in sorted(found, key=lambda f: (-len(f.nodes), tie(f), index.topo_position[f.output])):
         if finding.nodes & claimed:
             continue
         kept.append(finding)

@@ -158,3 +158,20 @@ def test_constants_of_a_higher_rank_than_the_hosts_output_do_not_fold(builder):
     builder.node("out", "Relu", "y", T=F32)
     (entry,) = bnrewrite.audit(builder.graph).batch_norms
     assert (entry.form, entry.host, entry.action, entry.reason) == ("affine", "MatMul", "skip", "channel-mismatch")
+
+
+def test_c_minus_x_is_not_a_mean_subtracted_from_a_constant(builder):
+    """(c - x) * rsqrt(var + eps) matches the named (x - mean) * rsqrt(...) with x bound to c
+    and a non-constant 'mean': the chain of constants explains the same ops, and folds."""
+    base(builder)
+    params(builder)
+    conv(builder, "conv", "x", "w/read")
+    binary(builder, "var_eps", "AddV2", "var", "eps")
+    builder.node("rsqrt", "Rsqrt", "var_eps", T=F32)
+    binary(builder, "flipped", "Sub", "mean", "conv")
+    binary(builder, "y", "Mul", "flipped", "rsqrt")
+    builder.node("out", "Relu", "y", T=F32)
+    (entry,) = bnrewrite.audit(builder.graph).batch_norms
+    assert (entry.form, entry.input, entry.host, entry.action) == ("formula", "conv", "Conv2D", "fold")
+    np.testing.assert_allclose([entry.gamma, entry.mean, entry.beta], [-np.ones(4), MEAN, np.zeros(4)],
+                               rtol=1e-6, atol=1e-7)
