@@ -38,8 +38,9 @@ BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "Div": np.divide, "Pow": np.power, "Maximum": np.maximum, "Minimum": np.minimum,
     "SquaredDifference": lambda a, b: np.square(a - b),
 }
-# Ops a constant can come out of (Switch: index.const_value sees through it).
-_EVALUATED = frozenset(UNARY) | frozenset(BINARY) | PASSTHROUGH | {"Const", "Cast", "Reshape", "ExpandDims", "Switch"}
+# Ops index.const_value reads a Const through, and all ops a constant can come out of.
+_READS = PASSTHROUGH | {"Const", "Switch", "Cast"}
+_EVALUATED = frozenset(UNARY) | frozenset(BINARY) | _READS | {"Reshape", "ExpandDims"}
 # 1 / sqrt(v + e) spelled as one op, or as Pow with these exponents.
 _ROOTS = {"Rsqrt": -0.5, "Sqrt": 0.5}
 
@@ -76,7 +77,7 @@ class Evaluator:
             self._known[tensor] = False  # cycles through a malformed graph end here
             node = self.index.node(tensor)
             self._known[tensor] = node is not None and node.op in _EVALUATED and (
-                self.index.const_value(tensor) is not None
+                (node.op in _READS and self.index.const_value(tensor) is not None)
                 or (node.op not in ("Const", "Switch") and bool(node.input)
                     and all(self.known(t) for t in self.index.data_inputs(node.name))))
         return self._known[tensor]
@@ -92,7 +93,7 @@ class Evaluator:
         node = self.index.node(tensor)
         if node is None or node.op not in _EVALUATED:
             return None  # most operands: the cheap answer first
-        leaf = self.index.const_value(tensor)
+        leaf = self.index.const_value(tensor) if node.op in _READS else None
         if leaf is not None:
             value = leaf.value
             if value.size > MAX_CONSTANT or not (np.issubdtype(value.dtype, np.number)):

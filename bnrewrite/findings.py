@@ -191,9 +191,8 @@ def _host_bias(index: GraphIndex, node: str) -> bool:
     if index.nodes[node].op not in _BIAS_ADDS:
         return False
     inputs = index.data_inputs(node)
-    sources = [index.node(index.skip_passthrough(t, EDGE_PASSTHROUGH)[0]) for t in inputs]
-    return any(source is not None and source.op in _BIASED for source in sources) \
-        and any(index.const_value(t) is not None for t in inputs)  # a Const("bias"), not arithmetic
+    return any(getattr(index.node(index.skip_passthrough(t, EDGE_PASSTHROUGH)[0]), "op", None) in _BIASED
+               for t in inputs) and any(index.const_value(t) is not None for t in inputs)  # a Const("bias")
 
 
 def _source(index: GraphIndex, tensor: str) -> str:
