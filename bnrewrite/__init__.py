@@ -22,7 +22,6 @@ from . import verify as _verify
 from .errors import (BnRewriteError, CannotVerifyError, GraphLoadError, GraphRunError, InvalidGraphError,
                      UnsafeGraphError, VerificationError, VerifyMemoryLimit, VerifyTimeout)
 from .graphio import load_graph, save_graph
-from .plan import make_plan
 from .index import GraphIndex
 from .verify import Options as VerifyOptions
 from .verify import Verification
@@ -45,7 +44,7 @@ def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = ()) 
         graph = graphio.as_internal(graph_def)
         index = validate.check(graph, path, outputs)
         info = _info(graph, index, path)
-        decisions = make_plan(index, "fold", _fetched(info, outputs))
+        _, decisions, _ = _rewrite.planned(graph, index, "fold", _fetched(info, outputs))
         return AuditReport(info, [entry(decision) for decision in decisions],
                            side_effects=safety.side_effects(graph, list(outputs) or info.outputs))
 
@@ -68,14 +67,14 @@ def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str 
     info = _info(graph, index, path)
     ops_before = Counter(node.op for node in graph.node)
     protected = _fetched(info, outputs)
-    decisions = make_plan(index, mode, protected)
-    result = _rewrite.apply(graph, index, decisions, protected)
+    result, decisions, dropped = _rewrite.planned(graph, index, mode, protected)
     problems = validate.structural(result, outputs)
     if problems:
         raise RuntimeError(f"internal error: the rewrite produced an invalid graph: {problems[0]}")
     report = RewriteReport(info, mode, [entry(d) for d in decisions], len(result.node),
                            dict(sorted(ops_before.items())),
-                           dict(sorted(Counter(node.op for node in result.node).items())))
+                           dict(sorted(Counter(node.op for node in result.node).items())),
+                           control_edges_dropped=dropped)
     if verify is not None:
         options = replace(verify, outputs=tuple(verify.outputs) or tuple(outputs))
         trace = [d.finding.output for d in decisions]

@@ -1,6 +1,7 @@
-"""Find every batch norm: match each catalogue variant at every node, read its
-parameters into one canonical shape, tell training from inference mode, and join
-the two branches of a Keras learning-phase tf.cond into one finding.
+"""Find every batch norm: match each catalogue variant at every node, reduce every chain
+of constant arithmetic to scale * x + shift (affine.py), read parameters into one
+canonical shape, tell training from inference mode, and join the two branches of a
+Keras learning-phase tf.cond into one finding.
 """
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import names
+from .affine import Analysis, Chain, channel_vector, layout_of, recover
 from .fold_math import BNParams, as_channel_vector, channel_layout
-from .hosts import layout_channel_axis
-from .index import GraphIndex
-from .matcher import Match, match
+from .hosts import BIAS_OPS, HOSTS, LINKS, layout_channel_axis
+from .index import PASSTHROUGH, GraphIndex
+from .matcher import EDGE_PASSTHROUGH, Match, match
 from .pattern import root_types
-from .variants import Variant, catalogue, statistics
+from .variants import AFFINE, FORMULA, Variant, catalogue, statistics
 
 ROLES = ("gamma", "beta", "mean", "variance")
 ATTR_KINDS = {"epsilon": float, "training": bool, "data_format": str, "use_gamma": bool}
-_IDENTITY = frozenset({"Identity", "Snapshot"})
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,11 @@ class Finding:
     channel_axis: int
     training: bool
     statistics: str  # moving | fed | fused | moments | sufficient_statistics
+    variant: Variant  # what the form may become (its flags), for the plan
     axes: tuple[int, ...] = ()  # reduction axes of batch statistics
     problem: str | None = None  # why the parameters cannot be read as per-channel vectors
     branches: Mapping[str, "Finding"] = field(default_factory=dict)
+    chain: Chain | None = None  # the arithmetic, where the affine analysis found it
 
     @property
     def uniform(self) -> bool:
@@ -57,6 +60,22 @@ class Finding:
             return None
         return BNParams(*vectors, epsilon=self.epsilon, channel_axis=self.channel_axis)
 
+    def scale_offset(self, channels: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """y = x * scale + offset per channel (float64 vectors), None unless constant: the
+        chain's own arithmetic where the algebra found it, else from the parameters."""
+        if self.chain is None:
+            params = self.params(channels)
+            return None if params is None else params.scale_offset()
+        n = channels if self.uniform and channels else self.channels
+        return tuple(channel_vector(v, n) for v in (self.chain.affine.scale, self.chain.affine.shift))
+
+    def segments(self, channels: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Like scale_offset, once per stretch between the FakeQuant ops of the chain."""
+        if self.chain is None or not self.chain.fake_quants:
+            return [self.scale_offset(channels)]
+        n = channels if self.uniform and channels else self.channels
+        return [(channel_vector(s.scale, n), channel_vector(s.shift, n)) for s in self.chain.segments]
+
     def vector(self, role: str) -> np.ndarray | None:
         value = self.values.get(role)
         if value is None or self.channels is None:
@@ -66,8 +85,11 @@ class Finding:
 
 def find_batch_norms(index: GraphIndex) -> list[Finding]:
     """All batch norms in topological order of their outputs; overlaps resolved."""
-    variants = [(variant, root_types(variant.pattern)) for variant in catalogue()]
+    present = {node.op for node in index.nodes.values()}
+    variants = [(variant, root_types(variant.pattern)) for variant in catalogue()
+                if not variant.needs or variant.needs & present]
     found: list[Finding] = []
+    named: dict[str, Finding] = {}
     for name in index.order:
         node_op = index.nodes[name].op
         for variant, roots in variants:
@@ -78,7 +100,12 @@ def find_batch_norms(index: GraphIndex) -> list[Finding]:
                 finding = _read(variant, result, index, name)
                 if finding is not None:
                     found.append(finding)
+                    named[name] = finding
                     break
+    for chain in Analysis(index, lambda node: _host_bias(index, node)).chains():
+        known = named.get(chain.root)
+        if known is None or _source(index, known.x) != _source(index, chain.x):
+            found.append(_from_chain(chain))
     found = _join_conds(index, _without_overlaps(index, found))
     return sorted(found, key=lambda f: index.topo_position[f.output])
 
@@ -126,7 +153,49 @@ def _read(variant: Variant, found: Match, index: GraphIndex, root: str) -> Findi
     if variant.attrs.get("data_format"):
         axis = layout_channel_axis(layout or "NHWC")
     return Finding(variant.form, root, found.tensors["x"], inputs, frozenset(nodes), frozenset(param_nodes),
-                   values, epsilon, channels, axis, training, stats, tuple(axes), problem)
+                   values, epsilon, channels, axis, training, stats, variant, tuple(axes), problem)
+
+
+def _from_chain(chain: Chain) -> Finding:
+    """A chain is a batch norm when sqrt(variance + epsilon) (or its reciprocal) is among its
+    constants: its parameters are read back from the algebra; otherwise a plain affine."""
+    channels = chain.channels
+    scale, shift = (channel_vector(v, channels) for v in (chain.affine.scale, chain.affine.shift))
+    values: dict[str, np.ndarray | None] = dict.fromkeys(ROLES)
+    variant, epsilon = AFFINE, None
+    norms = {(v.tobytes(), v.shape, float(e.reshape(-1)[0])): (v, e) for v, e in chain.norms()}
+    if len(norms) == 1:
+        ((variance, eps),) = norms.values()
+        layout = layout_of(variance.shape)
+        if layout is not None and (layout[1] is None or layout == (channels, chain.channel_axis)):
+            leaves = [as_channel_vector(v, channels) for v in chain.leaves().values()]
+            variance = channel_vector(variance, channels)
+            epsilon = float(eps.reshape(-1)[0])
+            values = recover(scale, shift, variance, epsilon, [v for v in leaves if v is not None])
+            variant = FORMULA
+    return Finding(variant.form, chain.root, chain.x, {}, frozenset(chain.nodes) | chain.const_ops,
+                   chain.leaf_nodes, values, epsilon, channels, chain.channel_axis, False, "moving",
+                   variant, chain=chain)
+
+
+# Ops a host's bias add can read: hosts.py takes one constant bias anywhere between the
+# host (or a grouped host's ConcatV2) and the batch norm, through its links.
+_BIASED = frozenset(HOSTS) | frozenset(LINKS) | {"ConcatV2"}
+
+
+def _host_bias(index: GraphIndex, node: str) -> bool:
+    """A constant added right after an op that hosts.py folds into is that op's bias, which
+    hosts.py folds with it: no chain may take it. (By op types alone: stopping a chain early
+    is never wrong, and walking to the host for every add is slow.)"""
+    if index.nodes[node].op not in BIAS_OPS:
+        return False
+    inputs = index.data_inputs(node)
+    return any(getattr(index.node(index.skip_passthrough(t, EDGE_PASSTHROUGH)[0]), "op", None) in _BIASED
+               for t in inputs) and any(index.const_value(t) is not None for t in inputs)  # a Const("bias")
+
+
+def _source(index: GraphIndex, tensor: str) -> str:
+    return index.skip_passthrough(tensor, PASSTHROUGH)[0]
 
 
 _DEFAULTS: dict[str, Any] = {"gamma": np.ones(1), "beta": np.zeros(1), "mean": None, "variance": None}
@@ -142,9 +211,44 @@ def _batch_statistics(index: GraphIndex, found: Match):
         variance = match(stats.variance, index, found.tensors["variance"], mean.tensors)
         if not isinstance(variance, Match) or not _plausible_count(mean.values):
             continue
-        axes = tuple(sorted(int(a) for a in np.asarray(mean.values["axes"]).reshape(-1)))
+        axes = _normalised_axes(index, found.tensors["x"], np.asarray(mean.values["axes"]).reshape(-1))
+        if axes is None:
+            continue
         return (stats.name, axes, mean.nodes | variance.nodes,
                 mean.param_nodes | variance.param_nodes)
+    return None
+
+
+def _normalised_axes(index: GraphIndex, x: str, axes: np.ndarray) -> tuple[int, ...] | None:
+    """Reduction axes counted from the front; negative ones need x's rank (None: unknown)."""
+    if not np.all(axes >= 0):
+        rank = _rank(index, x)
+        if rank is None or np.any(axes < -rank):
+            return None
+        axes = np.where(axes < 0, axes + rank, axes)
+    return tuple(sorted({int(a) for a in axes}))
+
+
+# Ops whose output rank is fixed, and ops whose output has their input 0's rank.
+_RANKS = {"Conv2D": 4, "DepthwiseConv2dNative": 4, "Conv2DBackpropInput": 4, "MaxPool": 4, "AvgPool": 4,
+          "FusedBatchNorm": 4, "FusedBatchNormV2": 4, "FusedBatchNormV3": 4, "Conv3D": 5, "MatMul": 2}
+_SAME_RANK = PASSTHROUGH | {"Relu", "Relu6", "Elu", "Selu", "Sigmoid", "Tanh", "BiasAdd", "Cast", "Neg"}
+
+
+def _rank(index: GraphIndex, tensor: str) -> int | None:
+    """x's rank from the op that produces it (through rank-keeping ops), or a static shape."""
+    for _ in range(64):
+        node = index.node(tensor)
+        if node is None:
+            return None
+        if node.op in _RANKS:
+            return _RANKS[node.op]
+        if "shape" in node.attr and node.op.startswith("Placeholder"):
+            shape = node.attr["shape"].shape
+            return None if shape.unknown_rank else len(shape.dim)
+        if node.op not in _SAME_RANK or not node.input:
+            return None
+        tensor = node.input[0]
     return None
 
 
@@ -164,9 +268,14 @@ def _plausible_count(values: Mapping[str, np.ndarray | None]) -> bool:
 
 def _without_overlaps(index: GraphIndex, found: list[Finding]) -> list[Finding]:
     """Where matches share nodes, keep the one spanning more (a formula with beta
-    also contains its beta-less subexpression)."""
+    also contains its beta-less subexpression). On a tie, the named form, unless it
+    reads a parameter as not constant where a chain of constants explains the same ops
+    (c - x matches x - mean with the roles swapped)."""
+    def tie(finding: Finding) -> int:
+        return 1 if finding.chain is not None else 0 if finding.scale_offset() is not None else 2
+
     kept, claimed = [], set()
-    for finding in sorted(found, key=lambda f: (-len(f.nodes), index.topo_position[f.output])):
+    for finding in sorted(found, key=lambda f: (-len(f.nodes), tie(f), index.topo_position[f.output])):
         if finding.nodes & claimed:
             continue
         kept.append(finding)
@@ -182,7 +291,7 @@ def _join_conds(index: GraphIndex, found: list[Finding]) -> list[Finding]:
     for name in index.order:
         if index.nodes[name].op != "Merge":
             continue
-        inputs = [index.skip_passthrough(t, _IDENTITY) for t in index.data_inputs(name)]
+        inputs = [index.skip_passthrough(t, PASSTHROUGH) for t in index.data_inputs(name)]
         branches = [by_output.get(t) for t, _ in inputs if names.parse(t).index == 0]
         if len(branches) != 2 or None in branches or branches[0].training == branches[1].training:
             continue

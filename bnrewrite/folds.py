@@ -39,7 +39,7 @@ def backward(finding: Finding, host: HostMatch, shared: list[bool]) -> Fold | st
     """Fold into the host's output channels, each part (group) by its slice of the scale;
     a string says why the dtype cannot hold it. `shared`: per part, whether other ops read
     its weights too."""
-    scale, offset = finding.params(host.channels).scale_offset()
+    scale, offset = finding.scale_offset(host.channels)
     bias = folded_bias(host.bias, scale, offset)
     edits, start = [], 0
     for part, part_shared in zip(host.parts, shared):
@@ -76,7 +76,7 @@ def input_scale_shift(finding: Finding, consumer: Consumer) -> tuple[np.ndarray,
     """Scale and shift per input channel of the consumer: after a flatten, input j takes
     channel j mod C."""
     flat = consumer.flatten is not None and not finding.uniform
-    scale, shift = finding.params(finding.channels if flat else consumer.channels).scale_offset()
+    scale, shift = finding.scale_offset(finding.channels if flat else consumer.channels)
     reps = consumer.channels // scale.size
     return np.tile(scale, reps), np.tile(shift, reps)
 

@@ -16,8 +16,12 @@ import numpy as np
 from . import names, tensors
 from .errors import InvalidGraphError
 
-# Ops that forward input 0 unchanged (Switch forwards it on whichever port is taken).
-PASSTHROUGH = frozenset({"Identity", "Snapshot", "StopGradient", "PreventGradient", "Switch"})
+# Ops that forward input 0 unchanged: the one set the matcher, the affine analysis, the
+# plan and the rewrite look through. Where the meaning allows, users extend it: a Switch
+# forwards a value on whichever port is taken (so a constant reaches both branches),
+# and the matcher also takes a Cast between two ops of a pattern.
+PASSTHROUGH = frozenset({"Identity", "Snapshot", "StopGradient", "PreventGradient"})
+THROUGH_SWITCH = PASSTHROUGH | {"Switch"}
 # Ops that consume nothing of the value and are never a fetched output.
 NOT_OUTPUTS = frozenset(
     {"NoOp", "Assert", "Const", "Placeholder", "PlaceholderWithDefault", "SaveV2", "Save",
@@ -92,7 +96,7 @@ class GraphIndex:
                                     f"not a {kind.__name__}")
         return result
 
-    def skip_passthrough(self, tensor: str, ops: frozenset[str] = PASSTHROUGH
+    def skip_passthrough(self, tensor: str, ops: frozenset[str] = THROUGH_SWITCH
                          ) -> tuple[str, tuple[str, ...]]:
         """Follow Identity-like ops back to the tensor that really produces the value."""
         chain: list[str] = []

@@ -7,11 +7,11 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 
 from . import names
-from .index import GraphIndex
+from .index import PASSTHROUGH, GraphIndex
 from .pattern import COMMUTATIVE, Alt, Const, Op, Param, Pattern, Var
 
-# Ops looked through on an edge between two pattern nodes.
-EDGE_PASSTHROUGH = frozenset({"Identity", "Snapshot", "Cast"})
+# Ops looked through on an edge between two pattern nodes: fp16 graphs Cast between them.
+EDGE_PASSTHROUGH = PASSTHROUGH | {"Cast"}
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@
 
 - `op(types, *inputs, name=)`: a node whose op is one of the "|"-separated types,
   whose data inputs match `inputs` in order (either order for Add/AddV2/Mul), and
-  whose output is captured under `name`. Identity, Snapshot and Cast between two
-  pattern nodes are looked through (they are how freezing and fp16 graphs differ).
+  whose output is captured under `name`. The pass-through ops (index.PASSTHROUGH) and
+  Cast between two pattern nodes are looked through (they are how freezing and fp16
+  graphs differ).
 - `Var(name)`: any tensor; a second use of the same name must be the same tensor,
   which is also how a pattern refers back to a captured `op`.
 - `Const(name, scalar=)`: a tensor with a constant value, through Identity chains.

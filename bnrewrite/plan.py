@@ -13,22 +13,20 @@ from functools import cached_property
 from typing import Callable
 
 import numpy as np
-from tensorboard.compat.proto import types_pb2
 
 from . import folds, names, tensors
+from .affine import FAKE_QUANT
 from .consumers import Readers, find_consumers
 from .findings import Finding, find_batch_norms
 from .fold_math import as_channel_vector
 from .folds import Fold
 from .forward import FORWARD_CHECKS, Forward
 from .hosts import HOSTS, HostMatch, find_host, weights_shared
-from .index import GraphIndex
+from .index import PASSTHROUGH, GraphIndex
+from .variants import FUSED_DTYPES
 
 FOLD, FUSE, SKIP = "fold", "fuse", "skip"
 MODES = ("fold", "fuse")
-# Forms that are one op: fusing them needs no constant, only their input tensors.
-SINGLE_OP = frozenset({"BatchNormWithGlobalNormalization", "FusedBatchNorm", "FusedBatchNormV2"})
-FUSED_DTYPES = frozenset({types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16})
 
 # The stable reason strings (the audit's JSON promises these) and what they mean.
 REASONS = {
@@ -43,6 +41,8 @@ REASONS = {
     "fold-precision": "the folded weights or bias would overflow or underflow in the weights' dtype",
     "non-finite-parameters": "a parameter or the host's weights hold NaN or infinity",
     "degenerate-parameters": "variance + epsilon is not positive in float32: NaN or Inf channels",
+    "fake-quant": "a FakeQuant op sits inside it, between it and its host, or on the host's weights: "
+                  "folding would change what the graph was trained to quantize",
     # folding forward, into the linear ops reading the batch norm
     "padding": "a consumer sees its input's zero padding, where a nonzero shift cannot be folded",
     "consumer-folded": "a consumer's weights already take another batch norm folded backward",
@@ -98,13 +98,15 @@ class _Context:
 
 
 def _side_outputs(c: _Context) -> str | None:
-    if not c.finding.form.startswith("FusedBatchNorm"):
+    if not c.finding.variant.side_outputs:
         return None
     used = sorted(c.index.used_outputs(c.finding.output) - {0})
     return f"outputs {used} of {c.finding.output} are read" if used else None
 
 
 def _not_constant(c: _Context) -> str | None:
+    if c.finding.chain is not None:
+        return None  # the affine analysis takes constants only
     missing = [role for role, value in c.finding.values.items() if value is None]
     if missing:
         return f"{', '.join(missing)} of {c.finding.output} not constant"
@@ -126,6 +128,8 @@ def _non_finite(c: _Context) -> str | None:
 
 def _non_finite_count(finding: Finding) -> int:
     values = [v for v in finding.values.values() if v is not None] + [[finding.epsilon or 0.0]]
+    if finding.chain is not None:
+        values += [v for segment in finding.segments() for v in segment]
     return sum(np.count_nonzero(~np.isfinite(np.asarray(v, np.float64))) for v in values)
 
 
@@ -133,11 +137,11 @@ def _degenerate(c: _Context) -> str | None:
     """variance + epsilon <= 0 makes whole channels NaN, and where that NaN ends up after a
     following Relu depends on which op produced it (TensorFlow fuses FusedBatchNormV3 with
     Relu; fuzzer case): such a batch norm is left exactly as it is."""
-    params = c.finding.params()
-    if params is None:
+    variance, epsilon = c.finding.vector("variance"), c.finding.epsilon
+    if variance is None or epsilon is None:
         return None
     # TensorFlow adds them in float32 and may flush subnormals to zero
-    bad = int(np.count_nonzero(params.variance + params.epsilon < np.finfo(np.float32).tiny))
+    bad = int(np.count_nonzero(variance + epsilon < np.finfo(np.float32).tiny))
     return f"variance + epsilon is not positive (in float32) in {bad} channels" if bad else None
 
 
@@ -153,6 +157,36 @@ def _mismatch(c: _Context) -> str | None:
     if h.bias_axis not in (None, h.channel_axis) or (
             h.bias is not None and as_channel_vector(h.bias, h.channels) is None):
         return f"the bias of {h.node} is not one value per output channel"
+    if f.chain is not None and f.chain.rank > _output_rank(c):
+        return f"rank-{f.chain.rank} constants would broadcast the output of {h.node} to a higher rank"
+    return None
+
+
+SHAPE_LINKS = frozenset({"Squeeze", "ExpandDims", "Reshape"})
+
+
+def _output_rank(c: _Context) -> int:
+    """The rank of what the batch norm reads: the host's weights' (a conv's output has as
+    many axes as its filter); through a shape link, only vectors are safe to assume."""
+    if any(c.index.nodes[node].op in SHAPE_LINKS for node, _ in c.host.links):
+        return 1
+    return c.host.parts[0].weights.ndim
+
+
+def _fake_quant(c: _Context) -> str | None:
+    """Quantization-aware graphs quantize what they were trained on: a FakeQuant inside the
+    batch norm, between it and its host, or on the host's weights pins the values it sees."""
+    f = c.finding
+    if f.chain is not None and f.chain.fake_quants:
+        return f"{', '.join(f.chain.fake_quants)} sits inside the batch norm"
+    source = c.index.node(c.index.skip_passthrough(f.x, PASSTHROUGH)[0])
+    if source is not None and source.op in FAKE_QUANT:
+        return f"{source.name} sits between {f.output} and the op before it"
+    for part in c.host.parts if c.host is not None else ():
+        weights = c.index.data_inputs(part.node)[HOSTS[part.op].weights_input]
+        source = c.index.node(c.index.skip_passthrough(weights, PASSTHROUGH)[0])
+        if source is not None and source.op in FAKE_QUANT:
+            return f"the weights of {part.node} are quantized by {source.name}"
     return None
 
 
@@ -208,6 +242,7 @@ PARAM_CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
     ("not-constant", _not_constant),
     ("non-finite-parameters", _non_finite),
     ("degenerate-parameters", _degenerate),
+    ("fake-quant", _fake_quant),
 )
 # ...then the host's, folding backward; where one refuses, folding forward is tried.
 HOST_CHECKS: tuple[tuple[str, Callable[[_Context], str | None]], ...] = (
@@ -227,24 +262,23 @@ KEEP = frozenset({"learning-phase-cond", "side-output-used", "non-finite-paramet
 # What a fused batch norm becomes, and what makes that replacement possible.
 FUSED_AS = {
     # one FusedBatchNormV3 over the same tensors (ones for an ignored gamma)
-    "fused-op": lambda f, dtype: dtype in FUSED_DTYPES and ("gamma" in f.inputs or f.channels is not None)
-    and (f.form != "BatchNormWithGlobalNormalization" or dtype == types_pb2.DT_FLOAT),
+    "fused-op": lambda f, dtype: dtype in f.variant.fused_dtypes and ("gamma" in f.inputs or f.channels is not None),
     # one FusedBatchNormV3(is_training=true) computing the statistics itself
     "fused-training": lambda f, dtype: dtype in FUSED_DTYPES and _fusable_statistics(f),
-    # x * scale + offset, constant vectors on the channel axis, in x's dtype
+    # x * scale + offset, constant vectors on the channel axis, in x's dtype (around each
+    # FakeQuant op of the chain, which stays where it was)
     "scale-shift": lambda f, dtype: _fits(f, dtype),
 }
 
 
 def _fuse_as(finding: Finding, reason: str) -> str | None:
     """The replacement fusing would build, or None where the batch norm must stay."""
-    if reason in KEEP or finding.form == "FusedBatchNormV3":
+    kind = finding.variant.fuses_to
+    if reason in KEEP or kind is None:
         return None
     if reason == "training-mode":
         return "fused-training" if finding.statistics != "fused" else None
-    if finding.form in SINGLE_OP:
-        return "fused-op"
-    return None if reason == "not-constant" else "scale-shift"
+    return None if kind == "scale-shift" and reason == "not-constant" else kind
 
 
 def _refused(index: GraphIndex, finding: Finding, reason: str, detail: str, host: HostMatch | None,
@@ -259,10 +293,10 @@ def _refused(index: GraphIndex, finding: Finding, reason: str, detail: str, host
 
 def _fits(finding: Finding, dtype: int) -> bool:
     """Do the scale and offset of an unfolded arithmetic batch norm fit x's dtype?"""
-    params, np_dtype = finding.params(), tensors.numpy_dtype(dtype)
-    if params is None or np_dtype is None or not np.issubdtype(np_dtype, np.floating):
-        return params is not None
-    return all(np.abs(v).max(initial=0) <= np.finfo(np_dtype).max for v in params.scale_offset())
+    segments, np_dtype = finding.segments(), tensors.numpy_dtype(dtype)
+    if None in segments or np_dtype is None or not np.issubdtype(np_dtype, np.floating):
+        return None not in segments
+    return all(np.abs(v).max(initial=0) <= np.finfo(np_dtype).max for segment in segments for v in segment)
 
 
 def _fusable_statistics(finding: Finding) -> bool:
@@ -314,4 +348,7 @@ def make_plan(index: GraphIndex, mode: str = "fold", fetched: frozenset[str] = f
         backward.append((refusal, False) if refusal else (_first(HOST_CHECKS, context), True))
     claimed = frozenset(p.node for c, (refusal, _) in zip(contexts, backward) if refusal is None
                         for p in c.host.parts)
-    return [_decide(c, *b, mode, claimed) for c, b in zip(contexts, backward)]
+    decisions = [_decide(c, *b, mode, claimed) for c, b in zip(contexts, backward)]
+    # A plain scale or shift is worth a line only where it has something to fold into.
+    return [d for d in decisions
+            if d.finding.variant.batch_norm or d.host is not None or isinstance(d.outcome, Fold)]

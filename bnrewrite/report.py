@@ -14,6 +14,7 @@ from .errors import BnRewriteError, VerificationError
 from .findings import Finding
 from .plan import Decision
 from .safety import ALLOWED, REFUSED_VERDICT, SideEffect
+from .variants import AFFINE
 
 EXIT_OK, EXIT_DIFFERS, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
@@ -62,6 +63,10 @@ class BatchNormEntry:
     direction: str | None = None  # with action fold: backward (into host_node) or forward
     consumers: list[str] = field(default_factory=list)  # forward: the linear ops it folds into
     branches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # y = x * scale + shift per channel, where the parameters above do not say it
+    # (form "affine", or a formula whose mean and beta are not separable)
+    scale: list[float] | None = None
+    shift: list[float] | None = None
 
 
 @dataclass
@@ -73,9 +78,12 @@ class AuditReport:
     trusted: list[str] | None = None  # audit --probe --trust-graph: side-effect ops run unchecked
 
     def summary(self) -> dict[str, int]:
+        """Counts; a plain affine (form "affine") is not a batch norm, but its action counts."""
         counts = Counter(entry.action for entry in self.batch_norms)
-        return {"batch_norms": len(self.batch_norms), "fold": counts["fold"], "fuse": counts["fuse"],
-                "skip": counts["skip"], "training": sum(e.training for e in self.batch_norms)}
+        affine = sum(entry.form == AFFINE.form for entry in self.batch_norms)
+        return {"batch_norms": len(self.batch_norms) - affine, "affine": affine, "fold": counts["fold"],
+                "fuse": counts["fuse"], "skip": counts["skip"],
+                "training": sum(e.training for e in self.batch_norms)}
 
     def to_dict(self) -> dict[str, Any]:
         data = {"graph": asdict(self.graph), "summary": self.summary(),
@@ -93,8 +101,8 @@ class AuditReport:
             f"{g.path or '<graph>'}: {g.nodes} nodes, producer {g.producer}",
             f"  inputs:  {', '.join(g.inputs) or '(none)'}",
             f"  outputs: {', '.join(g.outputs) or '(none)'}",
-            f"  {s['batch_norms']} batch norms: {s['fold']} fold, {s['fuse']} fuse, {s['skip']} skip"
-            f" ({s['training']} training mode)",
+            f"  {s['batch_norms']} batch norms{_affine(s)}: {s['fold']} fold, {s['fuse']} fuse, "
+            f"{s['skip']} skip ({s['training']} training mode)",
         ]
         if self.batch_norms:
             lines.append(_table(
@@ -120,6 +128,7 @@ class RewriteReport:
     ops_before: dict[str, int]
     ops_after: dict[str, int]
     verification: dict[str, Any] | None = None  # None: not verified
+    control_edges_dropped: list[str] = field(default_factory=list)  # "^read -> consumer"
 
     def op_changes(self) -> dict[str, tuple[int, int]]:
         """Op type -> (count before, count after), for the types whose count changed."""
@@ -139,9 +148,14 @@ class RewriteReport:
     def to_text(self) -> str:
         audit = AuditReport(self.graph, self.batch_norms).to_text().splitlines()
         s = self.summary()
-        audit[3] = (f"  {s['batch_norms']} batch norms: {s['fold']} folded, {s['fuse']} fused, "
+        audit[3] = (f"  {s['batch_norms']} batch norms{_affine(s)}: {s['fold']} folded, {s['fuse']} fused, "
                     f"{s['skip']} left as they were ({s['training']} training mode)")
         lines = audit + [f"  nodes: {self.graph.nodes} -> {self.nodes_after}"]
+        if self.control_edges_dropped:
+            shown = self.control_edges_dropped[:3]
+            more = len(self.control_edges_dropped) - len(shown)
+            lines.append(f"  {len(self.control_edges_dropped)} control edges from constant reads the rewrite "
+                         f"made dead were dropped: {', '.join(shown)}{f' and {more} more' if more else ''}")
         changes = self.op_changes()
         if changes:
             lines.append(_table(("op", "before", "after"),
@@ -182,6 +196,7 @@ def verification_lines(verification: dict[str, Any]) -> list[str]:
 def entry(decision: Decision) -> BatchNormEntry:
     f = decision.finding
     host = decision.host
+    mapping = f.scale_offset() if f.params() is None else None
     return BatchNormEntry(
         form=f.form, output=f.output, input=f.x, nodes=sorted(f.nodes), channels=f.channels,
         channel_axis=f.channel_axis, training=f.training, statistics=f.statistics,
@@ -194,7 +209,13 @@ def entry(decision: Decision) -> BatchNormEntry:
         consumers=[c.node for c in decision.readers.consumers] if decision.readers else [],
         branches={role: {"form": b.form, "output": b.output, "statistics": b.statistics}
                   for role, b in f.branches.items()},
+        scale=None if mapping is None else [float(v) for v in mapping[0]],
+        shift=None if mapping is None else [float(v) for v in mapping[1]],
     )
+
+
+def _affine(summary: dict[str, int]) -> str:
+    return f" and {summary['affine']} affine" if summary["affine"] else ""
 
 
 def to_json(reports: list[AuditReport]) -> str:

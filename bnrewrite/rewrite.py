@@ -3,12 +3,14 @@
 Each batch norm's output keeps its node name (the new BiasAdd, Add or
 FusedBatchNormV3 takes it), so consumers and fetched names stay valid. New nodes
 are named after the host or the batch norm, deterministically. Only the nodes the
-rewrite made dead are pruned. The input graph is never changed: a node that must
-change is copied first, so the nodes are copied once, into the result.
+rewrite made dead are pruned, and with them the control edges that only kept a dead
+constant read alive. The input graph is never changed: a node that must change is copied
+first, so the nodes are copied once, into the result.
 """
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import replace
 from typing import Any, Iterable
 
 import numpy as np
@@ -18,8 +20,8 @@ from .errors import InvalidGraphError
 from .findings import Finding
 from .folds import BACKWARD, Fold
 from .hosts import HOSTS
-from .index import GraphIndex
-from .plan import Decision, Fuse
+from .index import PASSTHROUGH, GraphIndex
+from .plan import FOLD, Decision, Fuse, make_plan
 
 
 class _Editor:
@@ -64,9 +66,10 @@ class _Editor:
             self.replacements[name].CopyFrom(self.by_name[name])
         return self.replacements[name]
 
-    def result(self, candidates: set[str]) -> Any:
+    def result(self, candidates: set[str]) -> tuple[Any, list[str]]:
         """The new graph: every field of the old one, its nodes with additions and
-        replacements in place, and the candidates nothing reads any more pruned."""
+        replacements in place, and the candidates nothing reads any more pruned; and the
+        control edges dropped with them."""
         out = type(self.graph)()
         for descriptor, value in self.graph.ListFields():
             if descriptor.name == "node":
@@ -79,13 +82,16 @@ class _Editor:
         for node in self.graph.node:
             order.extend(self.before.get(node.name, ()))
             order.append(self.replacements.get(node.name, node))
-        out.node.extend(_pruned(order, candidates))
-        return out
+        kept, dropped = _pruned(order, candidates)
+        out.node.extend(kept)
+        return out, dropped
 
 
-def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protected: set[str]) -> Any:
-    """A new GraphDef with every fold and fuse applied and the dead pruned; `index`
-    must have been built on `graph`, which is left as it was."""
+def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protected: set[str]
+          ) -> tuple[Any, list[str]]:
+    """A new GraphDef with every fold and fuse applied and the dead pruned, and the control
+    edges dropped with them ("^source -> consumer"); `index` must have been built on
+    `graph`, which is left as it was."""
     editor = _Editor(graph, index)
     candidates: set[str] = set()
     for decision in decisions:
@@ -105,6 +111,29 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
         if not isinstance(outcome, Fold) or outcome.direction == BACKWARD:
             protected = protected | {finding.output}  # its name now gives the same value
     return editor.result(candidates - protected)
+
+
+def planned(graph: Any, index: GraphIndex, mode: str, protected: frozenset[str]
+            ) -> tuple[Any, list[Decision], list[str]]:
+    """Plan and apply; then fold the batch norms that waited for a consumer whose weights
+    took a backward fold in the same pass ("consumer-folded"): planned again on the
+    result, where those weights are plain constants. Returns the graph, one decision per
+    batch norm of the original (the second pass's outcome where it folded one), and the
+    control edges dropped. The audit shows these decisions, so it says what this does."""
+    decisions = make_plan(index, mode, protected)
+    result, dropped = apply(graph, index, decisions, protected)
+    waiting = {d.finding.output: d for d in decisions if d.reason == "consumer-folded"}
+    if not waiting:
+        return result, decisions, dropped
+    second_index = GraphIndex(result)
+    second = [d for d in make_plan(second_index, mode, protected)
+              if d.finding.output in waiting and d.action == FOLD]
+    if not second:
+        return result, decisions, dropped
+    result, more = apply(result, second_index, second, protected)
+    folded = {d.finding.output: replace(d, finding=waiting[d.finding.output].finding,
+                                        detail=f"{d.detail}, after the backward folds") for d in second}
+    return result, [folded.get(d.finding.output, d) for d in decisions], sorted(dropped + more)
 
 
 def _dtype(index: GraphIndex, node: str) -> int:
@@ -170,17 +199,29 @@ def _fuse_op(ed: _Editor, finding: Finding) -> None:
 
 
 def _scale_and_shift(ed: _Editor, finding: Finding) -> None:
-    """x * scale + offset with constant vectors laid out along the channel axis."""
-    params = finding.params()
-    scale, offset = params.scale_offset()
-    dtype = _dtype(ed.index, finding.output)
+    """x * scale + offset with constant vectors laid out along the channel axis. A chain with
+    FakeQuant ops gets that per stretch between them, each FakeQuant rewired in between,
+    and a stretch's Mul or Add only where it changes something."""
+    out = finding.output
+    dtype = _dtype(ed.index, out)
     layout = (finding.channels,) + (1,) * (-finding.channel_axis - 1)
     as_x = tensors.numpy_dtype(dtype)
-    scale_name = ed.const(f"{finding.output}/bn_scale", scale.reshape(layout).astype(as_x), finding.output)
-    offset_name = ed.const(f"{finding.output}/bn_offset", offset.reshape(layout).astype(as_x), finding.output)
-    mul = ed.add(nodes.binary(ed.fresh(f"{finding.output}/bn_mul"), "Mul", finding.x, scale_name, dtype),
-                 finding.output)
-    ed.replace(finding, nodes.binary(finding.output, "Add", mul, offset_name, dtype))
+    quants = finding.chain.fake_quants if finding.chain is not None else ()
+    tensor = finding.x
+    for i, (scale, offset) in enumerate(finding.segments()):
+        before = quants[i] if i < len(quants) else out
+        if not quants or np.any(scale != 1):
+            scale_name = ed.const(f"{out}/bn_scale", scale.reshape(layout).astype(as_x), before)
+            tensor = ed.add(nodes.binary(ed.fresh(f"{out}/bn_mul"), "Mul", tensor, scale_name, dtype), before)
+        if before == out:
+            offset_name = ed.const(f"{out}/bn_offset", offset.reshape(layout).astype(as_x), out)
+            ed.replace(finding, nodes.binary(out, "Add", tensor, offset_name, dtype))
+            return
+        if np.any(offset != 0):
+            offset_name = ed.const(f"{out}/bn_offset", offset.reshape(layout).astype(as_x), before)
+            tensor = ed.add(nodes.binary(ed.fresh(f"{out}/bn_add"), "Add", tensor, offset_name, dtype), before)
+        ed.edit(before).input[0] = tensor
+        tensor = before
 
 
 def _fuse_training(ed: _Editor, finding: Finding) -> None:
@@ -213,24 +254,57 @@ def _colocated_with(node: Any) -> list[str]:
     return [s.decode()[5:] for s in node.attr["_class"].list.s if s.startswith(b"loc:@")]
 
 
-def _pruned(order: list[Any], candidates: set[str]) -> list[Any]:
+def _pruned(order: list[Any], candidates: set[str]) -> tuple[list[Any], list[str]]:
     """`order` without the candidates nothing reads any more (data, control or
-    colocation), found repeatedly: a dead node's inputs may die with it."""
+    colocation), found repeatedly: a dead node's inputs may die with it. A control edge
+    from a constant read orders nothing: one that is all that keeps such a read alive goes
+    with it (TF2 exports hang every weight read on a NoOp that way). Returns the nodes
+    kept and the control edges dropped ("^source -> consumer")."""
     uses: Counter[str] = Counter()  # only candidates' uses decide anything
+    controls: Counter[str] = Counter()
     by_name = {}
     for node in order:
         by_name[node.name] = node
-        uses.update(source for source in map(names.node_of, node.input) if source in candidates)
+        for ref in node.input:
+            source = names.node_of(ref)
+            if source in candidates:
+                uses[source] += 1
+                controls[source] += ref.startswith("^")
         uses.update(source for source in _colocated_with(node) if source in candidates)
     dead: set[str] = set()
     work = sorted(candidates)
     while work:
         name = work.pop()
-        if name in dead or name not in by_name or uses[name]:
+        if name in dead or name not in by_name or uses[name] > controls[name] \
+                or (uses[name] and not _pure(by_name, name)):
             continue
         dead.add(name)
         for source in [names.node_of(ref) for ref in by_name[name].input] + _colocated_with(by_name[name]):
             uses[source] -= 1
             if source in candidates:
                 work.append(source)
-    return [node for node in order if node.name not in dead]
+        controls.subtract(ref[1:] for ref in by_name[name].input if ref.startswith("^"))
+    dropped = []
+    kept = [node for node in order if node.name not in dead]
+    for i, node in enumerate(kept if any(controls[name] for name in dead) else ()):
+        gone = [ref for ref in node.input if ref.startswith("^") and ref[1:] in dead]
+        if gone:
+            dropped += [f"{ref} -> {node.name}" for ref in gone]
+            kept[i] = type(node)()  # a copy: `order` may hold the caller's own nodes
+            kept[i].CopyFrom(node)
+            kept[i].input[:] = [ref for ref in node.input if ref not in gone]
+    return kept, sorted(dropped)
+
+
+def _pure(by_name: dict[str, Any], name: str) -> bool:
+    """A Const, or Identity-like reads of one, with no control inputs of their own."""
+    seen = set()
+    node = by_name.get(name)
+    while node is not None and node.name not in seen and not any(r.startswith("^") for r in node.input):
+        seen.add(node.name)
+        if node.op == "Const":
+            return True
+        if node.op not in PASSTHROUGH or len(node.input) != 1:
+            return False
+        node = by_name.get(names.node_of(node.input[0]))
+    return False

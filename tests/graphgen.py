@@ -3,7 +3,9 @@
 A drawn `Spec` says which host, bias, batch-norm form, layout, dtype, channel count and
 parameter values to use, whether the host's weights are shared or its output read
 twice, and which linear op (if any) reads the batch norm, to fold forward into;
-`build(spec)` writes it as NodeDefs the way TF 1.x graphs hold them.
+`build(spec)` writes it as NodeDefs the way TF 1.x graphs hold them. The chain forms are
+random affine chains: elementwise ops with constant operands in any order and
+association, with (chain_bn) or without (chain_affine) a sqrt(variance + epsilon) step.
 """
 from __future__ import annotations
 
@@ -20,13 +22,18 @@ HOSTS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "MatMul_tb", "Conv3D", "Co
          "atrous", "none")
 FUSED = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3", "BatchNormWithGlobalNormalization")
 ARITHMETIC = ("decomposed", "decomposed_no_gamma", "decomposed_no_beta", "formula_div", "formula_rsqrt")
-FORMS = FUSED + ARITHMETIC + ("moments",)
+CHAINS = ("chain_bn", "chain_affine")
+FORMS = FUSED + ARITHMETIC + ("moments",) + CHAINS
 # Linear ops reading the batch norm, by the rank of its tensor: kernel, padding (Conv2D_same
 # and Pad_valid see padding, so only a zero shift folds into them), and the links before them.
 CONSUMERS = {2: ("none", "MatMul"), 4: ("none", "Conv2D_valid", "Conv2D_same", "Conv2D_1x1", "Depthwise_valid",
                                      "Pad_valid", "MirrorPad_valid", "Flatten_matmul", "MaxPool_valid",
                                      "AvgPool_valid"), 5: ("none",)}
 PADDING_SEEN = ("Conv2D_same", "Pad_valid")
+# One step of a chain: the op with a constant operand (rsub: c - x), and the constant's kind.
+STEPS = ("mul", "add", "sub", "rsub", "div", "neg", "biasadd")
+OPERANDS = ("vector", "scalar", "expr")
+NORMS = ("rsqrt", "sqrt", "pow", "reciprocal")  # how 1 / sqrt(variance + epsilon) is spelled
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,9 @@ class Spec:
     consumer: str = "none"  # a linear op after the batch norm (CONSUMERS)
     zero_shift: bool = False  # beta = mean = 0: nothing for padding to see
     bn_side: bool = False  # the batch norm's output is also an output of its own
+    chain: tuple[tuple[str, str, bool], ...] = ()  # (step, operand, swapped), x upward
+    norm: str | None = None  # chain_bn: the spelling of its normalising step
+    tap: int | None = None  # a chain step whose output is also read by an output "tap"
 
     @property
     def rank(self) -> int:
@@ -67,7 +77,9 @@ def specs(draw) -> Spec:
     consumer = "none" if half else draw(st.sampled_from(
         CONSUMERS[_rank(host, "none")] + (("MatMul",) if host == "none" else ())))
     rank = _rank(host, consumer)
-    forms = [f for f in FORMS if rank == 4 or f not in FUSED or (rank == 5 and f == "FusedBatchNormV3")]
+    # Chains are drawn without a linear op after them: what a chain reports is then fixed.
+    forms = [f for f in FORMS if (rank == 4 or f not in FUSED or (rank == 5 and f == "FusedBatchNormV3"))
+             and (f not in CHAINS or consumer == "none")]
     form = "FusedBatchNormV3" if half else draw(st.sampled_from(forms))
     nchw = host == "Conv2D" and not half and form != "moments" and form != "BatchNormWithGlobalNormalization" \
         and not consumer.startswith(("Depthwise", "MaxPool", "AvgPool")) and draw(st.booleans())
@@ -78,7 +90,19 @@ def specs(draw) -> Spec:
         tiny_variance=draw(st.booleans()), shared_weights=host != "none" and draw(st.booleans()),
         second_consumer=host != "none" and draw(st.booleans()), swapped=draw(st.booleans()),
         consumer=consumer, zero_shift=draw(st.integers(0, 3)) == 0,
-        bn_side=consumer != "none" and draw(st.integers(0, 3)) == 0)
+        bn_side=consumer != "none" and draw(st.integers(0, 3)) == 0,
+        **(_chain_spec(draw, form) if form in CHAINS else {}))
+
+
+def _chain_spec(draw, form: str) -> dict:
+    steps = draw(st.lists(st.tuples(st.sampled_from(STEPS), st.sampled_from(OPERANDS), st.booleans()),
+                          min_size=2, max_size=6))
+    norm = None
+    if form == "chain_bn":  # the normalising step anywhere in the chain
+        norm = draw(st.sampled_from(NORMS))
+        steps.insert(draw(st.integers(0, len(steps))), ("norm", "vector", draw(st.booleans())))
+    tap = draw(st.one_of(st.none(), st.integers(0, len(steps) - 1)))
+    return {"chain": tuple(steps), "norm": norm, "tap": tap}
 
 
 class _Graph:
@@ -112,7 +136,7 @@ def build(spec: Spec) -> tuple[graph_pb2.GraphDef, list[str]]:
         g.graph.node[-1].attr["shape"].shape.dim.add(size=d)
     outputs = []
     y = _host(g, spec, rng, dt, np_dt, outputs)
-    bn = _batch_norm(g, spec, rng, y, dt)
+    bn = _chain(g, spec, rng, y, dt, outputs) if spec.form in CHAINS else _batch_norm(g, spec, rng, y, dt)
     if spec.bn_side:
         outputs.append(g.node("bn_side", "Relu", bn, T=dt))
     g.node("out", "Relu", _consumer(g, spec, rng, bn, dt), T=dt)
@@ -250,3 +274,57 @@ def _batch_norm(g: _Graph, spec: Spec, rng, y: str, dt) -> str:
     mean_inv = n("mul_2", "Mul", *pair(mean_t, inv))
     shift = n("Neg", "Neg", mean_inv) if spec.form == "decomposed_no_beta" else n("sub", "Sub", beta_t, mean_inv)
     return n("add_1", "AddV2", *pair(scaled, shift))
+
+
+def _chain(g: _Graph, spec: Spec, rng, y: str, dt, outputs: list[str]) -> str:
+    """The steps of spec.chain on y, each with its own constant operand."""
+    c = bn_channels(spec)
+    shape = [c, 1, 1] if spec.nchw else [c]
+    ops = {"mul": "Mul", "add": "AddV2", "sub": "Sub", "rsub": "Sub", "div": "RealDiv", "norm": "Mul"}
+    t = y
+    for i, (step, operand, swapped) in enumerate(spec.chain):
+        name = f"chain/s{i}"
+        if step == "neg":
+            t = g.node(name, "Neg", t, T=dt)
+        elif step == "biasadd":
+            t = g.node(name, "BiasAdd", t, g.const(f"{name}/bias", rng.normal(0, 1, c)), T=dt,
+                       data_format="NCHW" if spec.nchw else "NHWC")
+        else:
+            op = "RealDiv" if step == "norm" and spec.norm == "sqrt" else ops[step]
+            const = _norm(g, spec, rng, name, shape) if step == "norm" else _operand(g, rng, name, operand, shape)
+            first = step == "rsub" or (swapped and op in ("Mul", "AddV2"))
+            t = g.node(name, op, *((const, t) if first else (t, const)), T=dt)
+        if spec.tap == i:
+            outputs.append(g.node("tap", "Relu", t, T=dt))
+    return t
+
+
+def _magnitudes(rng, shape) -> np.ndarray:
+    """Away from zero (the chain divides by some), either sign."""
+    return rng.uniform(0.3, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def _operand(g: _Graph, rng, name: str, kind: str, shape: list[int]) -> str:
+    if kind == "scalar":
+        return g.const(f"{name}/c", _magnitudes(rng, ()))
+    a = g.const(f"{name}/a", _magnitudes(rng, shape))
+    if kind == "vector":
+        return a
+    b = g.const(f"{name}/b", _magnitudes(rng, ()))
+    if rng.integers(2):  # a constant subexpression, evaluated by the analysis
+        return g.node(f"{name}/expr", "Mul", a, g.node(f"{name}/recip", "Reciprocal", b, T=F32), T=F32)
+    return g.node(f"{name}/expr", "Maximum", a, b, T=F32)
+
+
+def _norm(g: _Graph, spec: Spec, rng, name: str, shape: list[int]) -> str:
+    """1 / sqrt(variance + epsilon), or sqrt for a RealDiv, spelled as spec.norm says."""
+    variance = g.const(f"{name}/variance", rng.uniform(0.2, 5.0, shape))
+    eps = g.const(f"{name}/epsilon", spec.epsilon, read=False)
+    summed = g.node(f"{name}/add", "AddV2", *((eps, variance) if spec.swapped else (variance, eps)), T=F32)
+    if spec.norm == "rsqrt":
+        return g.node(f"{name}/Rsqrt", "Rsqrt", summed, T=F32)
+    if spec.norm == "sqrt":
+        return g.node(f"{name}/Sqrt", "Sqrt", summed, T=F32)
+    if spec.norm == "pow":
+        return g.node(f"{name}/Pow", "Pow", summed, g.const(f"{name}/half", -0.5, read=False), T=F32)
+    return g.node(f"{name}/Reciprocal", "Reciprocal", g.node(f"{name}/Sqrt", "Sqrt", summed, T=F32), T=F32)

@@ -20,7 +20,8 @@ REL = {"bn_half_cast": 1e-3}
 def test_the_catalogue_is_there():
     assert len(CASES) >= 40, CASES
     prefixes = {name.split("_")[0] for name in CASES}
-    assert {"bnwgn", "fbn", "bn", "formula", "train", "cond", "host", "fwd", "trap", "neg"} <= prefixes
+    assert {"bnwgn", "fbn", "bn", "formula", "train", "cond", "host", "fwd", "trap", "neg", "affine",
+            "qat"} <= prefixes
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -33,13 +34,19 @@ def test_audit_matches_sidecar(name):
         entry = got[bn["output"]]
         fields = FIELDS + tuple(f for f in OPTIONAL if f in bn)
         assert {f: getattr(entry, f) for f in fields} == {f: bn[f] for f in fields}, bn["output"]
-        assert entry.epsilon == pytest.approx(bn["epsilon"], rel=1e-6)
+        if bn["epsilon"] is None:
+            assert entry.epsilon is None
+        else:
+            assert entry.epsilon == pytest.approx(bn["epsilon"], rel=1e-6)
         for role in PARAMS:
             if bn[role] is None:
                 assert getattr(entry, role) is None, role
             else:
                 rel = REL.get(name, 1e-6)
                 assert getattr(entry, role) == pytest.approx(bn[role], rel=rel, abs=rel / 10), role
+        for key in ("scale", "shift"):  # a plain affine's map, where the sidecar states it
+            if key in bn:
+                assert getattr(entry, key) == pytest.approx(bn[key], rel=1e-6, abs=1e-7), key
         if "branches" in bn:
             assert {k: (v["form"], v["output"], v["statistics"]) for k, v in entry.branches.items()} == \
                 {k: (v["form"], v["output"], v["statistics"]) for k, v in bn["branches"].items()}

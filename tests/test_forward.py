@@ -55,17 +55,20 @@ def test_a_fetched_batch_norm_is_not_folded_forward(builder):
     assert plan_of(builder.graph, outputs=["out", "bn"])[:2] == ("fuse", "host-has-other-consumers")
 
 
-def test_weights_a_backward_fold_changes_are_not_taken_forward(builder):
-    """Relu -> bn -> conv -> bn2: bn2 folds backward into the conv, so bn may not fold
-    forward into the same weights."""
+def test_weights_a_backward_fold_changes_take_the_forward_fold_after_it(builder):
+    """Relu -> bn -> conv -> bn2: bn2 folds backward into the conv, so bn cannot fold forward
+    into those weights in the same pass; it folds into the result's weights in a second
+    pass, and the audit says so."""
     relu_bn(builder)
     conv(builder, "conv", "bn", "w/read")
     builder.graph.node[-1].attr["padding"].s = b"VALID"
     fused_bn(builder, "bn2", "conv", 4, seed=5)
     builder.node("out", "Relu", "bn2", T=F32)
     decisions = {e.output: (e.action, e.reason, e.direction) for e in bnrewrite.audit(builder.graph).batch_norms}
-    assert decisions == {"bn": ("fuse", "consumer-folded", None), "bn2": ("fold", None, "backward")}
-    rewritten, _ = bnrewrite.rewrite(builder.graph)
+    assert decisions == {"bn": ("fold", None, "forward"), "bn2": ("fold", None, "backward")}
+    rewritten, report = bnrewrite.rewrite(builder.graph)
+    assert "after the backward folds" in report.batch_norms[0].detail
+    assert not {"FusedBatchNorm", "FusedBatchNormV3"} & {n.op for n in rewritten.node}
     same_outputs(builder.graph, rewritten, ["out"])
 
 

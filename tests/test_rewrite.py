@@ -84,3 +84,48 @@ def test_rewrite_does_what_the_audit_said(name):
         [(e.output, e.action, e.reason) for e in report.batch_norms]
     assert Counter(e.action for e in report.batch_norms) == \
         Counter(bn["action"] for bn in expected(name)["batch_norms"])
+
+
+def test_a_tf2_exports_control_edges_do_not_keep_the_old_weights():
+    """output_control_node waits on every ReadVariableOp: after folding, those reads are
+    dead but for the control edges, which order nothing and go with them."""
+    graph = bnrewrite.load_graph(fixture_path("tf2_control_edges"))
+    rewritten, report = bnrewrite.rewrite(graph)
+    assert report.nodes_after == len(rewritten.node) < len(graph.node)
+    assert "^conv2d/Conv2D/ReadVariableOp -> output_control_node" in report.control_edges_dropped
+    assert len(report.control_edges_dropped) == 5
+    assert sorted(n.name for n in rewritten.node if n.op == "Const") == \
+        ["conv2d/Conv2D/bn_folded/bias", "conv2d/Conv2D/bn_folded/weights"]
+    assert [n.input for n in rewritten.node if n.name == "Identity"][0] == ["re_lu/Relu", "^output_control_node"]
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if all(bn["action"] == "fold" for bn in expected(n)["batch_norms"])
+                                  and expected(n)["batch_norms"]])
+def test_folding_never_grows_the_graph(name):
+    graph = bnrewrite.load_graph(fixture_path(name))
+    _, report = bnrewrite.rewrite(graph)
+    assert report.nodes_after < len(graph.node)
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n.startswith("qat_")])
+def test_fake_quant_ops_stay_where_they_were(name):
+    """Nothing is folded across a FakeQuant: each keeps its op, its range inputs, and the
+    same host output (through precomputed arithmetic only) below it."""
+    graph = bnrewrite.load_graph(fixture_path(name))
+    rewritten, _ = bnrewrite.rewrite(graph)
+    quants = lambda g: {n.name: (n.op, list(n.input[1:])) for n in g.node if n.op.startswith("FakeQuant")}
+    assert quants(rewritten) == quants(graph) != {}
+    weights = {n.name: n for n in graph.node if n.op == "Conv2D"}
+    assert {n.name: n.input[1] for n in rewritten.node if n.op == "Conv2D"} == \
+        {name: node.input[1] for name, node in weights.items()}
+
+
+def test_a_batch_norm_split_by_fake_quant_becomes_one_mul_and_one_add():
+    graph = bnrewrite.load_graph(fixture_path("qat_bn_fakequant_inside"))
+    rewritten, _ = bnrewrite.rewrite(graph)
+    by_name = {n.name: n for n in rewritten.node}
+    add = by_name["bn/add_2"]
+    quant = by_name[add.input[0]]
+    mul = by_name[quant.input[0]]
+    assert (add.op, quant.op, mul.op, mul.input[0]) == ("Add", "FakeQuantWithMinMaxVars", "Mul", "conv1/Conv2D")
+    assert Counter(n.op for n in rewritten.node)["Mul"] == 1

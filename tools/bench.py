@@ -152,7 +152,7 @@ def bench_rewrite(repeat: int) -> None:
         options = bnrewrite.VerifyOptions(**CASES[path.name][0])
         left, ok = [], []
         for result in (bnrewrite.rewrite(graph)[0], theirs()):
-            left.append(len(bnrewrite.audit(result).batch_norms))
+            left.append(bnrewrite.audit(result).summary()["batch_norms"])
             try:
                 ok.append("same" if bnrewrite.verify(graph, result, options).passed else "DIFFER")
             except bnrewrite.BnRewriteError as error:
@@ -191,7 +191,7 @@ def compare_catalogue() -> None:
             except Exception as error:  # what the baseline raises is part of the finding
                 row.append(f"raises {type(error).__name__}")
                 continue
-            left = len(bnrewrite.audit(result).batch_norms)  # in any form, by our catalogue
+            left = bnrewrite.audit(result).summary()["batch_norms"]  # in any form, by our catalogue
             try:
                 same = bnrewrite.verify(graph, result, options).passed
                 row.append(f"{'same' if same else 'DIFFERENT'} outputs, {left} BN left")

@@ -167,6 +167,18 @@ class Fixture:
             self.probe(y, x, entry)
         return entry
 
+    def expect_affine(self, y, scale, shift, host, action="fold", reason=None, axis=-1):
+        """Record a plain per-channel y = x * scale + shift the audit must find (form "affine":
+        no batch-norm parameters, no epsilon)."""
+        scale, shift = (np.asarray(v, np.float64).reshape(-1) for v in (scale, shift))
+        entry = {"form": "affine", "output": _node_name(y), "training": False,
+                 "statistics": "moving", "host": host, "action": action, "reason": reason,
+                 "channels": int(max(scale.size, shift.size)), "channel_axis": axis, "epsilon": None,
+                 "gamma": None, "beta": None, "mean": None, "variance": None,
+                 "scale": _floats(scale), "shift": _floats(shift)}
+        self.batch_norms.append(entry)
+        return entry
+
     def probe(self, y, x, entry, feed=None, batch_stats=None):
         """Checker hint: fetch y and x; y must equal the BN formula of x with entry's params."""
         if batch_stats is None:
@@ -316,6 +328,20 @@ def bnwgn(fx, name, x, t, eps, scale_after_normalization=True, dtype=tf.float32)
                    [x, t["mean"], t["variance"], t["beta"], t["gamma"]], T=dtype,
                    variance_epsilon=float(np.float32(eps)),
                    scale_after_normalization=scale_after_normalization)
+
+
+def fake_quant(x, kind="Vars", name="act_quant", channels=None):
+    """FakeQuantWithMinMax{Vars,Args,VarsPerChannel} over [-6, 6] (per channel: widening
+    ranges), as TF's quantization-aware training inserts them."""
+    if kind == "Args":
+        return tf.quantization.fake_quant_with_min_max_args(x, -6.0, 6.0, name=name)
+    if kind == "VarsPerChannel":
+        low = tf.constant(-np.linspace(4.0, 8.0, channels, dtype=np.float32), name=name + "/min")
+        high = tf.constant(np.linspace(4.0, 8.0, channels, dtype=np.float32), name=name + "/max")
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(x, low, high, name=name)
+    low = tf.constant(-6.0, name=name + "/min")
+    high = tf.constant(6.0, name=name + "/max")
+    return tf.quantization.fake_quant_with_min_max_vars(x, low, high, name=name)
 
 
 def moments_tf10(x, axes):

@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fixturelib import (FORM_OPS, binary, bnwgn, build, control_flow_v1, conv2d,  # noqa: E402
-                        conv_setup, decomposed_bn, dense, finish, fused_bn, fused_tail,
+                        conv_setup, decomposed_bn, dense, fake_quant, finish, fused_bn, fused_tail,
                         moments_tf10, run_graph)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -182,12 +182,12 @@ for _name, _desc, _kw in [
 
 
 # ----- 4. hand-written formulas ---------------------------------------------------------------
-def formula(fx, shape, channels, eps, expr):
+def formula(fx, shape, channels, eps, expr, action="fold", reason=None):
     y, p, t = conv_setup(fx, shape, channels)
     with tf.name_scope("bn"):
         z = expr(y, t["mean"], t["variance"], t["gamma"], t["beta"], eps)
     finish(fx, z)
-    fx.expect("formula", z, y, p, eps, "Conv2D")
+    fx.expect("formula", z, y, p, eps, "Conv2D", action=action, reason=reason)
 
 
 for _name, _desc, _shape, _c, _eps, _expr in [
@@ -207,8 +207,9 @@ for _name, _desc, _shape, _c, _eps, _expr in [
 
 
 # ----- 5. training mode: statistics from the batch -------------------------------------------
-def moments_bn(fx, channels, eps, host="Conv2D"):
-    """Conv2D (or MatMul, rank 2) -> tf.nn.moments over every axis but the last -> decomposed."""
+def moments_bn(fx, channels, eps, host="Conv2D", axes=None):
+    """Conv2D (or MatMul, rank 2) -> tf.nn.moments over ``axes`` (default: every axis but the
+    last) -> decomposed."""
     if host == "MatMul":
         y = dense(fx, "fc1", fx.placeholder("x", [None, 6]), channels, bias="AddV2")
     else:
@@ -216,7 +217,7 @@ def moments_bn(fx, channels, eps, host="Conv2D"):
     p = fx.bn_params(channels).without("mean", "variance")
     t = fx.param_tensors("bn", p)
     with tf.name_scope("bn"):
-        mean, var = tf.compat.v1.nn.moments(y, list(range(len(y.shape) - 1)))
+        mean, var = tf.compat.v1.nn.moments(y, axes or list(range(len(y.shape) - 1)))
         z = decomposed_bn(y, dict(t, mean=mean, variance=var), eps)
     finish(fx, z)
     fx.expect("batch_normalization", z, y, p, eps, host, action="fuse", reason="training-mode",
@@ -474,8 +475,9 @@ def _(fx):
 
 
 @case("trap_mixed_forms", "One graph, three forms: Conv2D -> FusedBatchNorm (fold); Relu -> "
-      "decomposed BN (no host; its flatten -> MatMul takes bn3 folded backward, so it cannot fold "
-      "forward either: fuse); Reshape -> MatMul + AddV2 bias -> decomposed BN (fold).")
+      "decomposed BN (no host; its flatten -> MatMul takes bn3 folded backward, so it folds "
+      "forward into those weights in a second pass); Reshape -> MatMul + AddV2 bias -> "
+      "decomposed BN (fold).")
 def _(fx):
     y1 = conv2d(fx, "conv1", fx.placeholder("x", [None, 7, 5, 3]), 8)
     bn1 = fused_tail(fx, y1, 8, 1.15e-3, "Conv2D", version=1, scope="bn1", out=None)
@@ -483,8 +485,8 @@ def _(fx):
     p2 = fx.bn_params(8)
     with tf.name_scope("bn2"):
         z2 = decomposed_bn(y2, fx.param_tensors("bn2", p2), 2.15e-3)
-    fx.expect("batch_normalization", z2, y2, p2, 2.15e-3, None, action="fuse",
-              reason="consumer-folded", consumers=["fc1/MatMul"])
+    fx.expect("batch_normalization", z2, y2, p2, 2.15e-3, None, direction="forward",
+              consumers=["fc1/MatMul"])
     flat = tf.reshape(z2, [-1, 7 * 5 * 8], name="flatten/Reshape")
     y3 = dense(fx, "fc1", flat, 5, bias="AddV2")
     p3 = fx.bn_params(5)
@@ -515,17 +517,6 @@ def _(fx):
     with tf.name_scope("ln"):
         mean, var = tf.compat.v1.nn.moments(y, [1], keep_dims=True)
         z = (y - mean) * tf.math.rsqrt(var + 1e-5) * t["gamma"] + t["beta"]
-    finish(fx, z)
-
-
-@case("neg_mul_add", "Conv2D -> x * a + b with constant vectors a, b (a plain affine, no "
-      "variance or epsilon): not a batch norm.")
-def _(fx):
-    y = conv2d(fx, "conv1", fx.placeholder("x", [None, 6, 5, 3]), 7)
-    with tf.name_scope("affine"):
-        a = fx.const("affine/scale", fx.rng.uniform(-2.0, 2.0, 7))
-        b = fx.const("affine/shift", fx.rng.uniform(-1.0, 1.0, 7))
-        z = y * a + b
     finish(fx, z)
 
 
@@ -841,12 +832,145 @@ def _(fx, z):
         return z + tf.minimum(noise, 0.0, name="nothing")
 
 
+# ----- 13. the affine-chain analysis: spellings no pattern lists, plain affines -------------
+for _name, _desc, _shape, _c, _eps, _expr in [
+        ("formula_scale_first", "x * gamma / sqrt(var + eps) - mean * gamma / sqrt(var + eps) + "
+         "beta: scaled before the mean is subtracted", [None, 6, 7, 3], 9, 2.3e-4,
+         lambda x, m, v, g, b, e: x * g / tf.sqrt(v + e) - m * g / tf.sqrt(v + e) + b),
+        ("formula_gamma_last", "((x - mean) * rsqrt(var + eps) + beta / gamma) * gamma: gamma "
+         "applied last", [None, 5, 6, 3], 11, 3.4e-4,
+         lambda x, m, v, g, b, e: ((x - m) * tf.math.rsqrt(v + e) + b / g) * g),
+        ("formula_pow", "(x - mean) * pow(var + eps, -0.5) * gamma + beta", [None, 7, 5, 2], 6,
+         4.5e-4, lambda x, m, v, g, b, e: (x - m) * tf.pow(v + e, -0.5) * g + b),
+        ("formula_reciprocal", "(x - mean) * reciprocal(sqrt(var + eps)) * gamma + beta",
+         [None, 6, 5, 3], 8, 5.6e-4,
+         lambda x, m, v, g, b, e: (x - m) * tf.math.reciprocal(tf.sqrt(v + e)) * g + b),
+        ("formula_add_neg_mean", "(x + neg(mean)) * rsqrt(var + eps) * gamma + beta",
+         [None, 5, 7, 3], 12, 6.7e-4,
+         lambda x, m, v, g, b, e: (x + tf.negative(m)) * tf.math.rsqrt(v + e) * g + b),
+        ("formula_split_inv", "x * rsqrt(var + eps) * gamma + (beta - mean * rsqrt(var + eps) * "
+         "gamma): the inverse not shared", [None, 7, 6, 2], 10, 7.8e-4,
+         lambda x, m, v, g, b, e: x * tf.math.rsqrt(v + e) * g + (b - m * tf.math.rsqrt(v + e) * g)),
+        ("formula_sub_neg_beta", "gamma * (x - mean) / sqrt(var + eps) - neg(beta)",
+         [None, 6, 6, 3], 5, 8.9e-4,
+         lambda x, m, v, g, b, e: g * (x - m) / tf.sqrt(v + e) - tf.negative(b))]:
+    case(_name, "Conv2D -> hand-written " + _desc + ": no pattern lists this spelling; the "
+         "affine-chain analysis finds it, reads its parameters back and folds it.")(
+        functools.partial(formula, shape=_shape, channels=_c, eps=_eps, expr=_expr))
+
+
+def affine_after(fx, channels, bias, ops, scalar=False):
+    """Conv2D [+ BiasAdd] -> each of ``ops`` ("Mul", "Add", "Sub", "RealDiv") with a constant:
+    a plain scale and shift (no variance, no epsilon), folded as form "affine"."""
+    y = conv2d(fx, "conv1", fx.placeholder("x", [None, 6, 5, 3]), channels, bias=bias)
+    scale, shift = np.ones(channels), np.zeros(channels)
+    z = y
+    with tf.name_scope("affine"):
+        for i, op in enumerate(ops):
+            value = np.float32(fx.rng.uniform(0.5, 2.0)) if scalar else \
+                fx.rng.uniform(-2.0, 2.0, channels).astype(np.float32)
+            z = binary(op, z, fx.const("affine/c%d" % i, value), op.lower())
+            value = np.asarray(value, np.float64)
+            if op == "Mul":
+                scale, shift = scale * value, shift * value
+            elif op == "RealDiv":
+                scale, shift = scale / value, shift / value
+            else:
+                shift = shift + (value if op == "Add" else -value)
+    finish(fx, z)
+    fx.expect_affine(z, scale[:1] if scalar else scale, shift[:1] if scalar else shift, "Conv2D")
+
+
+case("affine_conv_mul_add", "Conv2D -> x * a + b with constant vectors a, b (a plain affine, no "
+     "variance or epsilon): folded into the Conv2D as form affine, not counted as a batch norm.")(
+    functools.partial(affine_after, channels=7, bias=None, ops=("Mul", "Add")))
+case("affine_biasadd_div_sub", "Conv2D + BiasAdd -> x / a - b (constant vectors): the Mul after "
+     "Conv+BiasAdd that AMCT folds; the bias stays the host's, the affine folds into both.")(
+    functools.partial(affine_after, channels=9, bias="BiasAdd", ops=("RealDiv", "Sub")))
+case("affine_conv_scalar", "Conv2D -> x * 1.3 + 0.4 -> Relu (scalar constants: one value for "
+     "every channel): folded as form affine.")(
+    functools.partial(affine_after, channels=5, bias=None, ops=("Mul", "Add"), scalar=True))
+
+
+# ----- 14. quantization-aware graphs: FakeQuant ops are never folded across -----------------
+for _name, _desc, _shape, _c, _eps, _expr in [
+        ("qat_bn_fakequant_inside", "tf.nn.batch_normalization with a FakeQuantWithMinMaxVars "
+         "between x * inv and the Add, as TF's QAT rewriter leaves an unfolded batch norm: its "
+         "arithmetic becomes one Mul and one Add of constant vectors with the FakeQuant between",
+         [None, 7, 6, 3], 13, 9.1e-4,
+         lambda x, m, v, g, b, e: fake_quant(x * (tf.math.rsqrt(v + e) * g))
+         + (b - m * (tf.math.rsqrt(v + e) * g))),
+        ("qat_formula_fakequant_per_channel", "(x - mean) * rsqrt(var + eps), then "
+         "FakeQuantWithMinMaxVarsPerChannel, then * gamma + beta: each side of the FakeQuant "
+         "becomes its own Mul and Add", [None, 6, 7, 3], 10, 9.2e-4,
+         lambda x, m, v, g, b, e: fake_quant((x - m) * tf.math.rsqrt(v + e), "VarsPerChannel",
+                                             channels=10) * g + b)]:
+    case(_name, "Conv2D -> " + _desc + ": found, never folded across the FakeQuant (fake-quant).")(
+        functools.partial(formula, shape=_shape, channels=_c, eps=_eps, expr=_expr, action="fuse",
+                          reason="fake-quant"))
+
+
+@case("qat_fakequant_before_bn", "Conv2D -> FakeQuantWithMinMaxArgs -> FusedBatchNormV3: "
+      "the FakeQuant sits between the batch norm and its host: skip (fake-quant).")
+def _(fx):
+    y = conv2d(fx, "conv1", fx.placeholder("x", [None, 5, 7, 3]), 14)
+    quantized = fake_quant(y, "Args")
+    fused_tail(fx, quantized, 14, 9.3e-4, None, action="skip", reason="fake-quant")
+
+
+@case("qat_fakequant_weights", "Conv2D whose weights pass through FakeQuantWithMinMaxVars -> "
+      "tf.nn.batch_normalization: folding into the pre-quantization weights is not exact, so "
+      "fake-quant; the batch norm's arithmetic is still precomputed (fuse).")
+def _(fx):
+    x = fx.placeholder("x", [None, 6, 5, 3])
+    w = fake_quant(fx.weights("conv1/weights", [3, 3, 3, 8]), name="conv1/weights_quant")
+    y = conv2d(fx, "conv1", x, 8, w=w)
+    p = fx.bn_params(8)
+    with tf.name_scope("bn"):
+        z = decomposed_bn(y, fx.param_tensors("bn", p), 9.4e-4)
+    finish(fx, z)
+    fx.expect("batch_normalization", z, y, p, 9.4e-4, "Conv2D", action="fuse", reason="fake-quant")
+
+
+# ----- 15. moments over negative axes; TF2 exports' control edges ---------------------------
+case("train_moments_negative_axes", "Conv2D -> tf.nn.moments over [-4, -3, -2] (the batch and "
+     "spatial axes counted from the end) -> tf.nn.batch_normalization: training mode, fuse.")(
+    functools.partial(moments_bn, channels=5, eps=9.5e-4, axes=[-4, -3, -2]))
+
+
+@case("tf2_control_edges", "A TF2 export: weights and parameters read through "
+      "ReadVariableOp-turned-Identity nodes, every read also a control input of the NoOp "
+      "'output_control_node' that the output Identity waits on. Conv2D -> FusedBatchNormV3 "
+      "folds; the reads' control edges go with them (the graph must not grow).")
+def _(fx):
+    x = fx.placeholder("x", [None, 6, 7, 3])
+
+    def read(name, value):
+        c = tf.constant(np.asarray(value, np.float32), name=name + "/resource/")
+        return tf.identity(c, name=name + "/")
+
+    w = read("conv2d/Conv2D/ReadVariableOp", fx.rng.normal(0.0, 0.4, [3, 3, 3, 11]))
+    y = tf.nn.conv2d(x, w, 1, "SAME", name="conv2d/Conv2D")
+    p = fx.bn_params(11)
+    t = {k: read("batch_normalization/%s/ReadVariableOp" % k, getattr(p, k)) for k in p.KEYS}
+    bn = fused_bn(y, t, 9.6e-4, name="batch_normalization/FusedBatchNormV3")
+    relu = tf.nn.relu(bn.y, name="re_lu/Relu")
+    with tf.control_dependencies([w.op] + [v.op for v in t.values()]):
+        control = tf.no_op(name="output_control_node")
+    with tf.control_dependencies([control]):
+        out = tf.identity(relu, name="Identity")
+    fx.output(out)
+    fx.expect("FusedBatchNormV3", bn.y, y, p, 9.6e-4, "Conv2D")
+
+
 # ----- driver --------------------------------------------------------------------------------
 def check_epsilons(fixtures):
     """Every batch norm in the set has its own epsilon, so a wrong binding shows."""
     seen = {}
     for fx in fixtures:
         for entry in fx.batch_norms:
+            if entry["epsilon"] is None:  # a plain affine has none
+                continue
             other = seen.setdefault(entry["epsilon"], fx.name + ":" + entry["output"])
             assert other == fx.name + ":" + entry["output"], \
                 "epsilon %r used twice: %s and %s" % (entry["epsilon"], other, fx.name)

@@ -21,10 +21,11 @@ _INV = alt(op("Mul", _rsqrt(), Const("gamma"), name="inv"), _rsqrt(name="inv"))
 _SCALED_X = op("Mul", Var("x"), _INV)
 _MEAN_INV = op("Mul", Param("mean"), Var("inv"))
 
-VARIANTS = (
-    Variant("batch_normalization", op(ADD, _SCALED_X, op("Sub", Const("beta"), _MEAN_INV))),
-    Variant("batch_normalization", op(ADD, _SCALED_X, op("Mul", op("Neg", Param("mean")), Var("inv")))),
-    Variant("batch_normalization", op(ADD, _SCALED_X, op("Neg", _MEAN_INV))),
+_NEEDS = frozenset({"Rsqrt"})
+VARIANTS = tuple(Variant("batch_normalization", pattern, needs=_NEEDS) for pattern in (
+    op(ADD, _SCALED_X, op("Sub", Const("beta"), _MEAN_INV)),
+    op(ADD, _SCALED_X, op("Mul", op("Neg", Param("mean")), Var("inv"))),
+    op(ADD, _SCALED_X, op("Neg", _MEAN_INV)),
     # Hand-inlined beta-free version: x * inv - mean * inv.
-    Variant("batch_normalization", op("Sub", _SCALED_X, _MEAN_INV)),
-)
+    op("Sub", _SCALED_X, _MEAN_INV),
+))

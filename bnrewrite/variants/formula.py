@@ -23,9 +23,9 @@ _SCALED = alt(
 )
 
 # With and without beta and gamma; the finder keeps the largest match per node set.
-VARIANTS = (
-    Variant("formula", op(ADD, _SCALED, Const("beta"))),
-    Variant("formula", op(ADD, _NORMALIZED, Const("beta"))),
-    Variant("formula", _SCALED),
-    Variant("formula", _NORMALIZED),
-)
+VARIANTS = tuple(Variant("formula", pattern, needs=frozenset({"Sqrt", "Rsqrt"})) for pattern in (
+    op(ADD, _SCALED, Const("beta")),
+    op(ADD, _NORMALIZED, Const("beta")),
+    _SCALED,
+    _NORMALIZED,
+))
