@@ -17,10 +17,7 @@ import numpy as np
 
 from . import names
 from .hosts import HOSTS, Host, is_host, layout_channel_axis, weight_axes, weights_value
-from .index import GraphIndex
-
-# Ops that hand on their input unchanged: a batch norm reaches its consumers through them.
-FORWARD_PASSTHROUGH = frozenset({"Identity", "Snapshot", "StopGradient", "PreventGradient"})
+from .index import PASSTHROUGH, GraphIndex
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,7 @@ def find_consumers(index: GraphIndex, node: str) -> Readers:
             behind = sorted(index.node_consumers(reader)) if link else []
             if not reads:
                 others.append(reader)
-            elif op in FORWARD_PASSTHROUGH:
+            elif op in PASSTHROUGH:
                 chain.append(reader)
                 frontier.append(reader)
             elif _is_consumer(index, reader):

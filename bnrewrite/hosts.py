@@ -18,7 +18,7 @@ import numpy as np
 from . import names
 from .errors import InvalidGraphError
 from .fold_math import channel_layout
-from .index import ConstValue, GraphIndex
+from .index import PASSTHROUGH, ConstValue, GraphIndex
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,6 @@ class HostMatch:
     param_nodes: frozenset[str]  # weights and bias constants with their read chains
 
 
-# Ops looked through between a host and its batch norm (what freezing leaves behind).
-_IDENTITY = frozenset({"Identity", "Snapshot"})
 BIAS_OPS = frozenset({"BiasAdd", "Add", "AddV2"})
 
 
@@ -94,7 +92,7 @@ def find_host(index: GraphIndex, tensor: str) -> HostMatch | None:
             if found is None or bias is not None:
                 return None
             bias, tensor = found, found.data
-        elif (node.op in _IDENTITY or node.op in LINKS) and inputs:
+        elif (node.op in PASSTHROUGH or node.op in LINKS) and inputs:
             tensor = inputs[0]
         else:
             return None
