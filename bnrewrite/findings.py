@@ -182,7 +182,8 @@ def _join_conds(index: GraphIndex, found: list[Finding]) -> list[Finding]:
     for name in index.order:
         if index.nodes[name].op != "Merge":
             continue
-        inputs = [index.skip_passthrough(t, _IDENTITY) for t in index.data_inputs(name)]
+        # Keras 2.0 computes the training output outside the cond and passes it in through a Switch.
+        inputs = [index.skip_passthrough(t, _IDENTITY | {"Switch"}) for t in index.data_inputs(name)]
         branches = [by_output.get(t) for t, _ in inputs if names.parse(t).index == 0]
         if len(branches) != 2 or None in branches or branches[0].training == branches[1].training:
             continue
