@@ -43,7 +43,7 @@ class Resolution:
     pruned: int = 0  # nodes removed: dead, or read only by the dead
 
     def describe(self) -> str:
-        values = ", ".join(f"{k}={_show(v)}" for k, v in self.values.items())
+        values = ", ".join(f"{k}={_show(v)}" for k, v in self.values.items()) or "nothing"
         return (f"set {values}: {len(self.switches)} Switch and {len(self.merges)} Merge resolved, "
                 f"{self.pruned} nodes pruned")
 
@@ -92,8 +92,8 @@ def _constants(index: GraphIndex, values: Mapping[str, Any], defaults: bool) -> 
         for name in index.inferred_inputs():
             node = index.nodes[name]
             default = index.const_value(node.input[0]) if node.op == "PlaceholderWithDefault" and node.input else None
-            if default is not None and default.value.size == 1:
-                found[name] = default.value.reshape(-1)[0].item()
+            if default is not None and (default.value.dtype == np.bool_ or np.issubdtype(default.value.dtype, np.number)):
+                found[name] = default.value.tolist()  # a plain value: reports are JSON
     for name, value in values.items():
         node = index.nodes.get(name)
         if node is None or node.op not in SETTABLE:
@@ -147,11 +147,12 @@ def _deadness(index: GraphIndex, set_nodes: set[str], resolution: Resolution
         data = index.data_inputs(name)
         controls = [names.node_of(r) for r in node.input if r.startswith("^")]
         if node.op in MERGES:
-            loop = any(index.nodes[names.node_of(t)].op in BACK_EDGES for t in data if names.node_of(t) in index.nodes)
-            live = [(i, t) for i, t in enumerate(data) if not is_dead(t)]
+            # A loop's Merge runs its NextIteration only once its Enter ran: it lives or dies with its Enters.
+            back = {t for t in data if names.node_of(t) in index.nodes and index.nodes[names.node_of(t)].op in BACK_EDGES}
+            live = [(i, t) for i, t in enumerate(data) if t not in back and not is_dead(t)]
             if not live:
                 dead.add(name)
-            elif len(live) == 1 and len(data) > 1 and not loop:
+            elif len(live) == 1 and len(data) > 1 and not back:
                 merges[name] = (live[0][1], live[0][0])
                 rewire[name] = live[0][1]
                 resolution.merges.append(name)
@@ -214,7 +215,7 @@ def _rebuild(index: GraphIndex, dead: set[str], rewire: dict[str, str], merges: 
                 ref = "^" + source
             elif parsed.node in value_index and parsed.index == 1:
                 ref = value_index[parsed.node]
-            else:
+            elif follow(names.canonical(ref)) != names.canonical(ref):  # others keep their spelling
                 ref = follow(names.canonical(ref))
             if not (ref.startswith("^") and ref in inputs):
                 inputs.append(ref)

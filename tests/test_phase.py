@@ -160,3 +160,55 @@ def test_without_set_both_phases_verify(tmp_path, capsys, name):
     assert [c["name"] for c in verification["outputs"]] == \
         ["out [keras_learning_phase=false]", "out [keras_learning_phase=true]"]
     assert all(c["passed"] for c in verification["outputs"])
+
+
+def test_nothing_to_set_leaves_every_graph_byte_for_byte(realgraphs):
+    graphs = sorted(FIXTURES.glob("**/*.pb*")) + sorted(realgraphs.glob("*.pb*"))
+    with_defaults = set()
+    for path in graphs:
+        graph = bnrewrite.load_graph(path)
+        resolved, resolution = phase.resolve(graph, {}, defaults=True)
+        if resolution.values:
+            with_defaults.add(path.stem)
+        else:
+            assert resolved.SerializeToString(deterministic=True) == graph.SerializeToString(deterministic=True), path
+    # the PlaceholderWithDefaults of bools or numbers (hostile_read_file's is a string)
+    assert with_defaults == {"cond_keras_default", "hostile_memory_bomb", "keras2_phase_default"}
+
+
+def test_set_defaults_folds_the_fused_learning_phase_fixture():
+    graph = bnrewrite.load_graph(FIXTURES / "cond_keras_default.pb")
+    new, report = bnrewrite.rewrite(graph, set_defaults=True, verify=bnrewrite.VerifyOptions())
+    assert [(e.form, e.action, e.host_node) for e in report.batch_norms] == [("FusedBatchNormV3", "fold", "conv2d_1/Conv2D")]
+    assert not any(ops(new)[op] for op in CONTROL_FLOW + ("FusedBatchNormV3", "PlaceholderWithDefault"))
+    assert report.verification["outputs"][0]["passed"]
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_a_while_loop_inside_a_branch_lives_or_dies_with_it(value):
+    """The loop's Merge is never resolved: fed from a dead Enter it dies whole, no dangling input."""
+    import tensorflow as tf
+    from bnrewrite import graphio, validate
+
+    tf.compat.v1.disable_control_flow_v2()
+    try:
+        graph = tf.Graph()
+        with graph.as_default():
+            flag = tf.compat.v1.placeholder(tf.bool, [], name="flag")
+            x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
+
+            def doubled():
+                return tf.compat.v1.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, v * 2.0),
+                                               [tf.constant(0), x], name="loop")[1]
+            tf.identity(tf.compat.v1.cond(flag, doubled, lambda: x + 1.0, name="c"), name="out")
+    finally:
+        tf.compat.v1.enable_control_flow_v2()
+    original = graphio.to_internal(graph.as_graph_def())
+    resolved, _ = phase.resolve(original, {"flag": value})
+    assert validate.structural(resolved, ["out"]) == []
+    cond = [n.name for n in resolved.node if n.name.startswith("c/") and not n.name.startswith("c/loop/")]
+    assert (ops(resolved)["Enter"] > 0) == value  # the loop is kept whole or pruned whole
+    assert not [n for n in cond if "Switch" in n or "Merge" in n], cond
+    # the loop counter's Exit is a sink too: fetch only what both graphs compute
+    check = bnrewrite.verify(original, resolved, bnrewrite.VerifyOptions(outputs=["out"], values={"flag": value}))
+    assert check.passed and [c.name for c in check.outputs] == ["out"]
