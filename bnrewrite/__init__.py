@@ -45,9 +45,10 @@ def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = (),
     labels the report and error messages."""
     with _boundary(path):
         graph = graphio.as_internal(graph_def)
-        validate.check(graph, path, outputs)
-        graph, _ = _resolved(graph, outputs, set_values, set_defaults)
         index = validate.check(graph, path, outputs)
+        graph, resolution = _resolved(graph, outputs, set_values, set_defaults)
+        if resolution is not None:
+            index = validate.check(graph, path, outputs)
         info = _info(graph, index, path)
         entries = [entry(decision) for decision in make_plan(index, "fold", _fetched(info, outputs))]
         if any(e.branches for e in entries):

@@ -38,7 +38,7 @@ TOLERANCES = {np.dtype(np.float32): (1e-5, 1e-6), np.dtype(np.float64): (1e-9, 1
 NOISE_MULTIPLE = 8.0
 FLOOR_ULPS = 16.0  # reordered arithmetic measured here: up to 4 ulps of the scale
 DEFAULT_BATCH = 2
-MAX_BOOL_INPUTS = 4  # every combination of their values: 16 runs of each graph at most
+MAX_BOOL_INPUTS = 4  # every combination of their values: 16 verifications at most
 SEED = 0x5EED  # of the perturbation: the same graph gets the same noise
 # Default time limit per run of a graph: generous, since a run here takes seconds; graphs
 # with more nodes may run longer.
