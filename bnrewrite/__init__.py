@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from dataclasses import asdict, replace
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import graphio, names, safety, validate
+from . import graphio, names, phase, safety, tensors, validate
 from . import rewrite as _rewrite
 from . import verify as _verify
 from .errors import (BnRewriteError, CannotVerifyError, GraphLoadError, GraphRunError, InvalidGraphError,
@@ -36,37 +36,83 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = ()) -> AuditReport:
+def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = (),
+          set_values: Mapping[str, Any] | None = None, set_defaults: bool = False) -> AuditReport:
     """Every batch norm in `graph_def`, its form and parameters, and what the rewrite
-    (given the same `outputs`) will do with it and why; and the ops with side effects
-    that verification would refuse to run. `path` only labels the report and error messages."""
+    (given the same `outputs`, `set_values` and `set_defaults`) will do with it and why;
+    and the ops with side effects that verification would refuse to run. `path` only
+    labels the report and error messages."""
     with _boundary(path):
         graph = graphio.as_internal(graph_def)
         index = validate.check(graph, path, outputs)
+        graph, resolution = _resolved(graph, outputs, set_values, set_defaults)
+        if resolution is not None:
+            index = validate.check(graph, path, outputs)
         info = _info(graph, index, path)
         _, decisions, _ = _rewrite.planned(graph, index, "fold", _fetched(info, outputs))
-        return AuditReport(info, [entry(decision) for decision in decisions],
-                           side_effects=safety.side_effects(graph, list(outputs) or info.outputs))
+        entries = [entry(decision) for decision in decisions]
+        if any(e.branches for e in entries):
+            _what_set_does(graph, entries, outputs)
+        return AuditReport(info, entries, side_effects=safety.side_effects(graph, list(outputs) or info.outputs))
 
 
 def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
-            path: str | None = None, verify: "VerifyOptions | None" = None) -> tuple[Any, RewriteReport]:
+            path: str | None = None, verify: "VerifyOptions | None" = None,
+            set_values: Mapping[str, Any] | None = None, set_defaults: bool = False) -> tuple[Any, RewriteReport]:
     """Fold every foldable inference batch norm into its host (`mode="fold"`) or only
     replace each by FusedBatchNormV3 (`mode="fuse"`). Returns a new GraphDef of the
     caller's class and a report; `outputs` names nodes that must survive (by default
-    the nodes nothing consumes). With `verify` (needs TensorFlow) both graphs are run
-    and VerificationError is raised unless every output matches."""
+    the nodes nothing consumes). `set_values` ({"keras_learning_phase": False}) makes
+    placeholders constants and resolves the conds they decide, `set_defaults` every
+    PlaceholderWithDefault (phase.py). With `verify` (needs TensorFlow) both graphs are
+    run, the original fed the values set, and VerificationError is raised unless every
+    output matches."""
     with _boundary(path):
-        return _rewrite_graph(graph_def, mode, outputs, path, verify)
+        return _rewrite_graph(graph_def, mode, outputs, path, verify, set_values, set_defaults)
+
+
+def _resolved(graph: Any, outputs: Sequence[str], set_values: Mapping[str, Any] | None,
+              set_defaults: bool) -> tuple[Any, phase.Resolution | None]:
+    if not set_values and not set_defaults:
+        return graph, None
+    return phase.resolve(graph, set_values or {}, set_defaults, keep=outputs)
+
+
+def _what_set_does(graph: Any, entries: list[BatchNormEntry], outputs: Sequence[str]) -> None:
+    """For each learning-phase cond, what each value of its bool inputs would keep: e.g.
+    "--set keras_learning_phase=0 keeps the inference branch: fold into conv1/Conv2D"."""
+    index = GraphIndex(graph)
+    for name in index.inferred_inputs():
+        if tensors.numpy_dtype(index.nodes[name].attr["dtype"].type) != np.bool_:
+            continue
+        for value in (False, True):
+            resolved, _ = phase.resolve(graph, {name: value}, keep=outputs)
+            after = GraphIndex(resolved)
+            _, decisions, _ = _rewrite.planned(resolved, after, "fold", _fetched(_info(resolved, after, None), outputs))
+            planned = {d.finding.output: entry(d) for d in decisions}
+            for cond in entries:
+                for role, branch in cond.branches.items():
+                    kept = planned.get(branch["output"])
+                    if kept is not None and all(b["output"] not in after.nodes for b in cond.branches.values()
+                                                if b is not branch):
+                        where = f" into {kept.host_node}" if kept.action == "fold" and kept.host_node else ""
+                        why = f" ({kept.reason})" if kept.reason else ""
+                        branch["with_set"] = (f"--set {name}={int(value)} keeps the {role} branch: "
+                                              f"{kept.action}{where}{why}")
 
 
 def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str | None,
-                   verify: VerifyOptions | None) -> tuple[Any, RewriteReport]:
-    graph = graphio.as_internal(graph_def)  # read only: the rewrite builds a new graph
-    index = validate.check(graph, path, outputs)
-    info = _info(graph, index, path)
-    ops_before = Counter(node.op for node in graph.node)
-    protected = _fetched(info, outputs)
+                   verify: VerifyOptions | None, set_values: Mapping[str, Any] | None = None,
+                   set_defaults: bool = False) -> tuple[Any, RewriteReport]:
+    original = graphio.as_internal(graph_def)  # read only: the rewrite builds a new graph
+    index = validate.check(original, path, outputs)
+    info = _info(original, index, path)
+    graph, resolution = _resolved(original, outputs, set_values, set_defaults)
+    if resolution is not None:
+        index = validate.check(graph, path, outputs)
+    left = _info(graph, index, path) if resolution else info  # the outputs the resolved graph keeps
+    ops_before = Counter(node.op for node in original.node)
+    protected = _fetched(left, outputs)
     result, decisions, dropped = _rewrite.planned(graph, index, mode, protected)
     problems = validate.structural(result, outputs)
     if problems:
@@ -75,11 +121,18 @@ def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str 
                            dict(sorted(ops_before.items())),
                            dict(sorted(Counter(node.op for node in result.node).items())),
                            control_edges_dropped=dropped)
+    if resolution is not None:
+        report.phase = {**asdict(resolution), "summary": resolution.describe()}
     if verify is not None:
         options = replace(verify, outputs=tuple(verify.outputs) or tuple(outputs))
+        if resolution is not None:  # the original, fed the values set, computes the outputs that are left
+            options = replace(options, outputs=options.outputs or tuple(left.outputs),
+                              values={**resolution.values, **options.values})
         trace = [d.finding.output for d in decisions]
         checked = _verify.verify(graph_def, result, options, trace=trace)
         report.verification = asdict(checked)
+        for name in resolution.values if resolution else ():
+            report.verification["shape_sources"][name] = "set (--set): fed to the original, a constant in the rewrite"
         if not checked.passed:
             raise VerificationError(checked.describe(), path)
     return graphio.like(result, graph_def), report

@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="run each graph in TensorFlow: how much does a sample's output change when "
                           "it runs alone instead of in a batch (frozen training-mode batch norms)")
     _feed_flags(cmd)
+    _set_flags(cmd)
     _limit_flags(cmd)
     _jobs_flag(cmd)
     cmd.set_defaults(run=_audit)
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--no-verify", action="store_true", help="skip running both graphs in TensorFlow")
     cmd.add_argument("--format", choices=("text", "json"), default="text")
     _feed_flags(cmd)
+    _set_flags(cmd)
     _tolerance_flags(cmd)
     _limit_flags(cmd)
     _jobs_flag(cmd)
@@ -109,6 +111,19 @@ def _feed_flags(cmd: argparse.ArgumentParser) -> None:
                      help="value of one input: a number, true/false, a .npy file, @FILE for its "
                           "bytes as a string (e.g. wav_data=@speech.wav), or text")
     cmd.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+
+def _set_flags(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="set_values",
+                     help="make a placeholder a constant (bool, int or float), e.g. keras_learning_phase=0, "
+                          "and resolve the tf.conds it decides (verification feeds it to the original)")
+    cmd.add_argument("--set-defaults", action="store_true",
+                     help="make every PlaceholderWithDefault its default value, as --set does")
+
+
+def _setting(args: argparse.Namespace) -> dict[str, Any]:
+    return {"set_values": dict(_split(spec, "--set") for spec in args.set_values),
+            "set_defaults": args.set_defaults}
 
 
 def _jobs_flag(cmd: argparse.ArgumentParser) -> None:
@@ -165,7 +180,7 @@ def _audit(args: argparse.Namespace) -> int:
     if args.probe:
         _need_tensorflow(" ".join(args.models), "and --probe runs each graph in it", " (audit without --probe needs none)")
     probing = _options(args) if args.probe else None
-    tasks = [(zoo.audit_one, (path, args.outputs, probing)) for path in zoo.graph_files(args.models)]
+    tasks = [(zoo.audit_one, (path, args.outputs, probing, _setting(args))) for path in zoo.graph_files(args.models)]
     outcomes = zoo.run(tasks, args.jobs, _show_progress(args) and len(tasks) > 1, "auditing")
     for outcome in outcomes:
         if outcome.error:
@@ -190,7 +205,7 @@ def _rewrite(args: argparse.Namespace) -> int:
     options = None if args.no_verify else _options(args)
     _progress(args, "rewriting" + ("" if args.no_verify else " and verifying in TensorFlow"))
     try:
-        new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options)
+        new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options, **_setting(args))
     except CannotVerifyError as error:
         raise CannotVerifyError(f"{error.problem} (--no-verify skips the check)", error.path) from None
     save_graph(new_graph, target)
@@ -212,7 +227,7 @@ def _rewrite_folder(args: argparse.Namespace, source: Path, target: Path) -> int
         if isinstance(path, BnRewriteError):
             raise path
         tasks.append((zoo.rewrite_one, (path, target / path.relative_to(source), args.mode,
-                                        args.outputs, options)))
+                                        args.outputs, options, _setting(args))))
     outcomes = zoo.run(tasks, args.jobs, _show_progress(args), "rewriting")
     lines = []
     for outcome in outcomes:

@@ -58,7 +58,7 @@ def make_feeds(graph_def: Any, options: "Options") -> Feeds:
     rng = np.random.default_rng(options.seed)
     feeds = Feeds()
     wanted = list(options.inputs) or [n for n in index.inferred_inputs()
-                                      if index.nodes[n].op != "PlaceholderWithDefault"]
+                                      if index.nodes[n].op != "PlaceholderWithDefault" or n in options.values]
     for name in wanted:
         node = index.node(name)
         if node is None:
@@ -94,6 +94,8 @@ def _default_shape(index: GraphIndex, node: Any, batch: int, stack: ConvStack | 
     recorded = _recorded_shape(node)
     if dims is None:
         dims = recorded
+    if dims is None and _is_predicate(index, node.name):
+        return [], "a scalar: it is the predicate of a Switch"
     if dims is None:
         raise CannotVerifyError(f"input '{node.name}' has no known rank: give it --input-shape {node.name}=...")
     shape, source = list(dims), "the placeholder's shape"
@@ -124,6 +126,34 @@ def _recorded_shape(node: Any) -> list[int] | None:
     """The shape a freeze tool recorded in `_output_shapes`, if any."""
     recorded = node.attr["_output_shapes"].list.shape if "_output_shapes" in node.attr else []
     return list(tensors.shape_of(recorded[0])) if recorded and tensors.shape_of(recorded[0]) is not None else None
+
+
+def bool_inputs(graph_def: Any, options: "Options") -> dict[str, bool | None]:
+    """The bool inputs verification must try both values of (those not fed a value),
+    each with its default (a PlaceholderWithDefault's constant) or None."""
+    index = GraphIndex(graphio.as_internal(graph_def))
+    found: dict[str, bool | None] = {}
+    for name in list(options.inputs) or index.inferred_inputs():
+        node = index.nodes.get(name)
+        if node is None or name in options.values or tensors.numpy_dtype(node.attr["dtype"].type) != np.bool_:
+            continue
+        default = index.const_value(node.input[0]) if node.op == "PlaceholderWithDefault" and node.input else None
+        found[name] = bool(default.value.reshape(-1)[0]) if default is not None and default.value.size == 1 else None
+    return found
+
+
+def _is_predicate(index: GraphIndex, name: str) -> bool:
+    """`name` (through Identity) is what a Switch switches on: a scalar."""
+    frontier = [name]
+    while frontier:
+        current = frontier.pop()
+        for user in index.node_consumers(current):
+            node = index.nodes[user]
+            if node.op in ("Identity", "Snapshot"):
+                frontier.append(user)
+            elif node.op in ("Switch", "RefSwitch") and len(node.input) > 1 and names.node_of(node.input[1]) == current:
+                return True
+    return False
 
 
 def _reshape_size(index: GraphIndex, name: str) -> int | None:

@@ -14,7 +14,7 @@ from . import names
 from .affine import Analysis, Chain, channel_vector, layout_of, recover
 from .fold_math import BNParams, as_channel_vector, channel_layout
 from .hosts import BIAS_OPS, HOSTS, LINKS, layout_channel_axis
-from .index import PASSTHROUGH, GraphIndex
+from .index import PASSTHROUGH, THROUGH_SWITCH, GraphIndex
 from .matcher import EDGE_PASSTHROUGH, Match, match
 from .pattern import root_types
 from .variants import AFFINE, FORMULA, Variant, catalogue, statistics
@@ -291,7 +291,8 @@ def _join_conds(index: GraphIndex, found: list[Finding]) -> list[Finding]:
     for name in index.order:
         if index.nodes[name].op != "Merge":
             continue
-        inputs = [index.skip_passthrough(t, PASSTHROUGH) for t in index.data_inputs(name)]
+        # Keras 2.0 computes the training output outside the cond and passes it in through a Switch.
+        inputs = [index.skip_passthrough(t, THROUGH_SWITCH) for t in index.data_inputs(name)]
         branches = [by_output.get(t) for t, _ in inputs if names.parse(t).index == 0]
         if len(branches) != 2 or None in branches or branches[0].training == branches[1].training:
             continue

@@ -110,6 +110,8 @@ class AuditReport:
                 [(e.form, e.output, str(len(e.nodes)), _blank(e.channels), _blank(e.epsilon, "{:g}"),
                   "training" if e.training else "inference", e.host or "-", e.action, e.reason or "-")
                  for e in self.batch_norms]))
+        lines.extend(f"  {e.output}: {b['with_set']}" for e in self.batch_norms
+                     for b in e.branches.values() if "with_set" in b)
         lines.extend(_side_effect_lines(self.side_effects))
         for p in self.probe or ():
             lines.append(f"  probe: {p['name']} moves by up to {p['max_abs']:.3g} ({p['max_rel']:.3g} of its "
@@ -129,6 +131,7 @@ class RewriteReport:
     ops_after: dict[str, int]
     verification: dict[str, Any] | None = None  # None: not verified
     control_edges_dropped: list[str] = field(default_factory=list)  # "^read -> consumer"
+    phase: dict[str, Any] | None = None  # --set / --set-defaults: phase.Resolution as a dict
 
     def op_changes(self) -> dict[str, tuple[int, int]]:
         """Op type -> (count before, count after), for the types whose count changed."""
@@ -156,6 +159,8 @@ class RewriteReport:
             more = len(self.control_edges_dropped) - len(shown)
             lines.append(f"  {len(self.control_edges_dropped)} control edges from constant reads the rewrite "
                          f"made dead were dropped: {', '.join(shown)}{f' and {more} more' if more else ''}")
+        if self.phase is not None:
+            lines.append(f"  {self.phase['summary']}")
         changes = self.op_changes()
         if changes:
             lines.append(_table(("op", "before", "after"),
@@ -164,6 +169,9 @@ class RewriteReport:
             lines.append("  outputs not verified (--no-verify)")
         else:
             lines.append(f"  verified in TensorFlow: {len(self.verification['outputs'])} outputs match")
+            if self.phase is not None:
+                fed = ", ".join(f"{k}={str(v).lower()}" for k, v in self.phase["values"].items())
+                lines.append(f"    compared with the original graph fed {fed}")
             lines.extend("    " + line for line in verification_lines(self.verification))
             if self.verification.get("trusted") is not None:
                 lines.append(_trusted_line(self.verification["trusted"]))
@@ -190,6 +198,10 @@ def verification_lines(verification: dict[str, Any]) -> list[str]:
     if verification["channels_last"]:
         notes.append(f"{verification['channels_last']} channels-first ops ran channels-last between "
                      "transposes in both graphs: TensorFlow has no CPU kernel for them here")
+    if len(verification.get("combinations", ())) > 1:
+        flags = ", ".join(verification["combinations"][0])
+        notes.append(f"bool inputs {flags}: both graphs ran with each of the "
+                     f"{len(verification['combinations'])} combinations of their values")
     return lines + notes + [f"warning: {w}" for w in verification["warnings"]]
 
 

@@ -20,14 +20,15 @@ within a time and memory limit (tfrun.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from . import graphio, layout, safety, tensors, tfrun
 from .errors import GraphRunError, UnsafeGraphError
-from .feeds import make_feeds
+from .feeds import bool_inputs, make_feeds
 from .index import GraphIndex
 
 # dtype -> (rtol, atol) when calibration is off (--rtol/--atol) or cannot be used.
@@ -37,6 +38,7 @@ TOLERANCES = {np.dtype(np.float32): (1e-5, 1e-6), np.dtype(np.float64): (1e-9, 1
 NOISE_MULTIPLE = 8.0
 FLOOR_ULPS = 16.0  # reordered arithmetic measured here: up to 4 ulps of the scale
 DEFAULT_BATCH = 2
+MAX_BOOL_INPUTS = 4  # every combination of their values: 16 verifications at most
 SEED = 0x5EED  # of the perturbation: the same graph gets the same noise
 # Default time limit per run of a graph: generous, since a run here takes seconds; graphs
 # with more nodes may run longer.
@@ -73,6 +75,15 @@ class Verification:
     channels_last: int = 0  # channels-first ops that ran channels-last (layout.py), in both graphs
     trusted: list[str] | None = None  # --trust-graph: the side-effect ops that ran unchecked
     first_difference: OutputCheck | None = None  # earliest batch norm whose output differs
+    combinations: list[dict[str, bool]] = field(default_factory=list)  # bool inputs' values, one per run
+
+    def extend(self, other: "Verification") -> "Verification":
+        """This verification and another one of the same graphs fed other bool values."""
+        self.outputs += other.outputs
+        self.combinations += other.combinations
+        self.first_difference = self.first_difference or other.first_difference
+        self.warnings += [w for w in other.warnings if w not in self.warnings]
+        return self
 
     @property
     def passed(self) -> bool:
@@ -267,7 +278,10 @@ class _Runs:
         graph = self.graphs[label]
         if self.channels_last:
             graph = layout.to_channels_last(graph)
-        return tfrun.run(graph.SerializeToString(deterministic=True), self.feeds, fetches, self.limits[label], label)
+        # A placeholder that --set made a constant is fed to the original only.
+        present = {node.name for node in graph.node}
+        feeds = {k: v for k, v in self.feeds.items() if k in present}
+        return tfrun.run(graph.SerializeToString(deterministic=True), feeds, fetches, self.limits[label], label)
 
     def run_all(self, labels: Sequence[str], fetches: Sequence[str]) -> list[list[np.ndarray]]:
         """Each graph's outputs, all from the same layout."""
@@ -286,7 +300,34 @@ def verify(original: Any, rewritten: Any, options: Options = Options(),
     """Run both graphs on the same inputs and compare each output, within a bound
     calibrated on the original's own rounding noise (module docstring). When one
     differs, the tensors named in `trace` (batch-norm outputs, in topological order)
-    are compared too, to say where the difference starts."""
+    are compared too, to say where the difference starts. Bool inputs not fed a value
+    (a learning phase) run with every combination of values, up to MAX_BOOL_INPUTS of them."""
+    defaults = {} if feeds is not None else bool_inputs(original, options)
+    flags = list(defaults)
+    tried, beyond = flags[:MAX_BOOL_INPUTS], flags[MAX_BOOL_INPUTS:]
+    combined: Verification | None = None
+    for combination in itertools.product((False, True), repeat=len(tried)):
+        chosen = {**dict(zip(tried, combination)), **{n: bool(defaults[n]) for n in beyond}}
+        # A PlaceholderWithDefault's own value is left unfed: the rewrite must run without it too.
+        fed = {n: v for n, v in chosen.items() if v != defaults[n]}
+        result = _verify_once(original, rewritten, replace(options, values={**fed, **options.values}), feeds, trace)
+        if flags:
+            result.shape_sources.update({n: "each value in turn (a bool input)" for n in tried if n in fed})
+            label = " [" + ", ".join(f"{n}={str(v).lower()}" for n, v in chosen.items()) + "]"
+            result.outputs = [replace(check, name=check.name + label) for check in result.outputs]
+            result.combinations = [chosen]
+        if beyond:
+            result.warnings.append(f"{len(flags)} bool inputs: every combination of the first {MAX_BOOL_INPUTS} "
+                                   f"was run, {', '.join(beyond)} only with its default (false without one)")
+        combined = result if combined is None else combined.extend(result)
+        if not combined.passed:
+            break
+    assert combined is not None
+    return combined
+
+
+def _verify_once(original: Any, rewritten: Any, options: Options,
+                 feeds: Mapping[str, np.ndarray] | None, trace: Sequence[str]) -> Verification:
     index = GraphIndex(graphio.to_internal(original))
     fetches = list(options.outputs) or index.inferred_outputs()
     graphs = {ORIGINAL: original, REWRITTEN: rewritten}

@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from . import audit, load_graph, rewrite, save_graph
 from .errors import BnRewriteError, GraphLoadError
@@ -51,14 +51,16 @@ def graph_files(models: Sequence[str], exclude: Path | None = None) -> list[Path
     return found
 
 
-def audit_one(path: Path | GraphLoadError, outputs: Sequence[str], probing: Options | None) -> Outcome:
-    """Audit one graph (and probe it in TensorFlow when `probing` is given)."""
+def audit_one(path: Path | GraphLoadError, outputs: Sequence[str], probing: Options | None,
+              setting: Mapping[str, Any] = {}) -> Outcome:
+    """Audit one graph (and probe it in TensorFlow when `probing` is given); `setting`:
+    audit's set_values and set_defaults."""
     label = str(path.path if isinstance(path, GraphLoadError) else path)
     try:
         if isinstance(path, GraphLoadError):
             raise path
         graph = load_graph(path)
-        report = audit(graph, label, outputs)
+        report = audit(graph, label, outputs, **setting)
         if probing is not None:
             report.probe = [asdict(p) for p in probe(graph, probing)]
             report.trusted = unchecked([graph], list(outputs) or report.graph.outputs, probing)
@@ -68,12 +70,12 @@ def audit_one(path: Path | GraphLoadError, outputs: Sequence[str], probing: Opti
 
 
 def rewrite_one(source: Path, target: Path, mode: str, outputs: Sequence[str],
-                options: Options | None) -> Outcome:
+                options: Options | None, setting: Mapping[str, Any] = {}) -> Outcome:
     """Rewrite (and verify, unless `options` is None) one graph; write `target` only if
     it verified. Parent folders of `target` are made as needed."""
     try:
         graph = load_graph(source)
-        new_graph, report = rewrite(graph, mode, outputs, str(source), options)
+        new_graph, report = rewrite(graph, mode, outputs, str(source), options, **setting)
         target.parent.mkdir(parents=True, exist_ok=True)
         save_graph(new_graph, target)
         return Outcome(str(source), EXIT_OK, report, output=str(target))

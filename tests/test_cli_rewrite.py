@@ -86,14 +86,17 @@ def test_output_naming_the_input_is_refused_unless_in_place(tmp_path, capsys):
     assert path.read_bytes() != before
 
 
-def test_bool_placeholder_needs_a_feed(tmp_path, capsys):
+def test_bool_placeholder_runs_with_both_values_unless_fed(tmp_path, capsys):
     out = tmp_path / "out.pb"
-    code, _, err = run(capsys, "rewrite", fixture_path("cond_keras_placeholder"), "-o", out)
-    assert code == 2 and not out.exists()
-    assert "keras_learning_phase" in err and "--feed keras_learning_phase=" in err
-    code, _, err = run(capsys, "rewrite", fixture_path("cond_keras_placeholder"), "-o", out,
-                       "--feed", "keras_learning_phase=true")
+    code, stdout, err = run(capsys, "rewrite", fixture_path("cond_keras_placeholder"), "-o", out, "--format", "json")
     assert code == 0, err
+    checks = json.loads(stdout)["verification"]["outputs"]
+    assert [c["name"] for c in checks] == ["out [keras_learning_phase=false]", "out [keras_learning_phase=true]"]
+    assert all(c["passed"] for c in checks)
+    code, stdout, err = run(capsys, "rewrite", fixture_path("cond_keras_placeholder"), "-o", out,
+                            "--feed", "keras_learning_phase=true", "--format", "json")
+    assert code == 0, err
+    assert [c["name"] for c in json.loads(stdout)["verification"]["outputs"]] == ["out"]
 
 
 def test_wav_fed_as_bytes_and_shape_override(tmp_path, capsys, realgraphs):

@@ -24,7 +24,7 @@ def _bytes(graph) -> bytes:
 def _options(name: str, graph) -> Options:
     """Training-mode fixtures are compared on one batch of 2+ samples (DESIGN §5)."""
     values = {node.name: np.array(False) for node in graph.node  # a bool learning-phase flag
-              if node.op == "Placeholder" and node.attr["dtype"].type == 10}
+              if node.op in ("Placeholder", "PlaceholderWithDefault") and node.attr["dtype"].type == 10}
     return Options(outputs=expected(name)["outputs"], batch=3, values=values, seed=7)
 
 

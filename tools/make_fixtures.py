@@ -322,6 +322,70 @@ case("cond_keras_default", "Keras learning phase from PlaceholderWithDefault(Fal
                       training_branch="fused", after_relu=False))
 
 
+def keras2_bn(fx, scope, y, phase, channels, eps, host):
+    """A Keras 2.0 BatchNormalization layer: the training output computed outside any cond
+    (tf.nn.moments + tf.nn.batch_normalization), the inference batch norm inside the cond's
+    false branch, K.in_train_phase's v1 tf.cond choosing between them."""
+    p = fx.bn_params(channels)
+    t = fx.param_tensors(scope, p)
+    made = {}
+    with tf.name_scope(scope):
+        mean, var = tf.compat.v1.nn.moments(y, [0, 1, 2])
+        with tf.name_scope("training"):
+            made["training"] = decomposed_bn(y, dict(t, mean=mean, variance=var), eps)
+
+        def inference():
+            made["inference"] = decomposed_bn(y, t, eps)
+            return made["inference"]
+
+        with control_flow_v1():
+            merged = tf.compat.v1.cond(phase, lambda: made["training"], inference, name="cond")
+    branches = {"training": {"form": "batch_normalization", "output": made["training"].op.name,
+                             "statistics": "moments"},
+                "inference": {"form": "batch_normalization", "output": made["inference"].op.name,
+                              "statistics": "moving"}}
+    entry = fx.expect("cond", merged, y, p, eps, host, action="skip", reason="learning-phase-cond",
+                      statistics="moments", training=True, branches=branches, check=False)
+    fx.probe(merged, y, entry, feed={"keras_learning_phase:0": False}, batch_stats=False)
+    fx.probe(merged, y, entry, feed={"keras_learning_phase:0": True}, batch_stats=True)
+    return merged
+
+
+def keras2_phase(fx, phase_kind, eps, loop=False):
+    """x -> conv2d_1 -> BN -> Relu -> conv2d_2 -> BN [-> a cond on the data -> a while loop
+    whose body holds a cond on the learning phase] -> out."""
+    if phase_kind == "placeholder":
+        phase = fx.placeholder("keras_learning_phase", None, tf.bool)  # Keras 2.0 gave it no shape
+    else:
+        phase = tf.compat.v1.placeholder_with_default(False, [], name="keras_learning_phase")
+        fx.inputs.append("keras_learning_phase")
+    y = conv2d(fx, "conv2d_1", fx.placeholder("x", [None, 6, 7, 3]), 5)
+    y = keras2_bn(fx, "batch_normalization_1", y, phase, 5, eps[0], "Conv2D")
+    y = conv2d(fx, "conv2d_2", tf.nn.relu(y, name="activation_1/Relu"), 4)
+    y = keras2_bn(fx, "batch_normalization_2", y, phase, 4, eps[1], "Conv2D")
+    if loop:
+        with control_flow_v1():
+            y = tf.compat.v1.cond(tf.reduce_sum(y) > 0.0, lambda: y * 2.0, lambda: y - 1.0, name="data_cond")
+            _, y = tf.compat.v1.while_loop(
+                lambda i, v: i < 3,
+                lambda i, v: (i + 1, tf.compat.v1.cond(phase, lambda: v * 0.5, lambda: v + 0.25, name="dropout")),
+                [tf.constant(0), y], name="rnn")
+    finish(fx, y)
+
+
+case("keras2_phase_placeholder", "Keras 2.0 learning phase from a bool Placeholder of unknown "
+     "shape, two BatchNormalization layers: training output outside the cond from moments, "
+     "inference batch norm in the cond's false branch; --set keras_learning_phase=0 folds both.",
+     group="phase")(functools.partial(keras2_phase, phase_kind="placeholder", eps=(1.13e-3, 2.37e-3)))
+case("keras2_phase_default", "As keras2_phase_placeholder, the learning phase a "
+     "PlaceholderWithDefault(False): --set-defaults folds both.",
+     group="phase")(functools.partial(keras2_phase, phase_kind="default", eps=(1.17e-3, 2.41e-3)))
+case("keras2_phase_loop", "As keras2_phase_placeholder, then a cond on the data and a while "
+     "loop whose body holds a cond on the learning phase (through Enter): --set resolves the "
+     "two batch-norm conds and leaves the data cond and the loop as they are.",
+     group="phase")(functools.partial(keras2_phase, phase_kind="placeholder", eps=(1.19e-3, 2.43e-3), loop=True))
+
+
 # ----- 7. hosts ------------------------------------------------------------------------------
 @case("host_conv2d_backprop_input", "Conv2DBackpropInput (conv2d_transpose, stride 2, output "
       "shape stacked from the batch size as tf.layers did) -> FusedBatchNormV3: folds into the "
