@@ -133,7 +133,7 @@ def test_set_rewrites_folds_and_verifies_against_the_fed_original(tmp_path, caps
     code, stdout, err = run(capsys, "rewrite", PHASE / f"{name}.pb", "-o", out, *flags, "--format", "json")
     assert code == 0, err
     report = json.loads(stdout)
-    assert report["summary"] == {"batch_norms": 2, "fold": 2, "fuse": 0, "skip": 0, "training": 0}
+    assert report["summary"] == {"batch_norms": 2, "affine": 0, "fold": 2, "fuse": 0, "skip": 0, "training": 0}
     assert report["phase"]["values"] == {"keras_learning_phase": False}
     checks = report["verification"]["outputs"]
     assert [c["name"] for c in checks] == ["out"] and checks[0]["passed"] and checks[0]["max_rel"] < 1e-5
