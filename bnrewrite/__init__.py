@@ -51,31 +51,33 @@ def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = ()) 
 
 
 def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
-            path: str | None = None, verify: "VerifyOptions | None" = None) -> tuple[Any, RewriteReport]:
+            path: str | None = None, verify: "VerifyOptions | None" = None,
+            target: str = "tf2") -> tuple[Any, RewriteReport]:
     """Fold every foldable inference batch norm into its host (`mode="fold"`) or only
-    replace each by FusedBatchNormV3 (`mode="fuse"`). Returns a new GraphDef of the
-    caller's class and a report; `outputs` names nodes that must survive (by default
-    the nodes nothing consumes). With `verify` (needs TensorFlow) both graphs are run
-    and VerificationError is raised unless every output matches."""
+    replace each (`mode="fuse"`) by what `target` loads: `tf2` FusedBatchNormV3, `tf1`
+    FusedBatchNorm, `tflite` and `onnx` what their converters map (plan.TARGETS).
+    Returns a new GraphDef of the caller's class and a report; `outputs` names nodes that
+    must survive (by default the nodes nothing consumes). With `verify` (needs TensorFlow)
+    both graphs are run and VerificationError is raised unless every output matches."""
     with _boundary(path):
-        return _rewrite_graph(graph_def, mode, outputs, path, verify)
+        return _rewrite_graph(graph_def, mode, outputs, path, verify, target)
 
 
 def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str | None,
-                   verify: VerifyOptions | None) -> tuple[Any, RewriteReport]:
+                   verify: VerifyOptions | None, target: str) -> tuple[Any, RewriteReport]:
     graph = graphio.as_internal(graph_def)  # read only: the rewrite builds a new graph
     index = validate.check(graph, path, outputs)
     info = _info(graph, index, path)
     ops_before = Counter(node.op for node in graph.node)
     protected = _fetched(info, outputs)
-    decisions = make_plan(index, mode, protected)
+    decisions = make_plan(index, mode, protected, target)
     result = _rewrite.apply(graph, index, decisions, protected)
     problems = validate.structural(result, outputs)
     if problems:
         raise RuntimeError(f"internal error: the rewrite produced an invalid graph: {problems[0]}")
     report = RewriteReport(info, mode, [entry(d) for d in decisions], len(result.node),
                            dict(sorted(ops_before.items())),
-                           dict(sorted(Counter(node.op for node in result.node).items())))
+                           dict(sorted(Counter(node.op for node in result.node).items())), target=target)
     if verify is not None:
         options = replace(verify, outputs=tuple(verify.outputs) or tuple(outputs))
         trace = [d.finding.output for d in decisions]

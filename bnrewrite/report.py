@@ -120,6 +120,7 @@ class RewriteReport:
     ops_before: dict[str, int]
     ops_after: dict[str, int]
     verification: dict[str, Any] | None = None  # None: not verified
+    target: str = "tf2"  # where the result is going: what unfolded batch norms became
 
     def op_changes(self) -> dict[str, tuple[int, int]]:
         """Op type -> (count before, count after), for the types whose count changed."""
@@ -141,7 +142,7 @@ class RewriteReport:
         s = self.summary()
         audit[3] = (f"  {s['batch_norms']} batch norms: {s['fold']} folded, {s['fuse']} fused, "
                     f"{s['skip']} left as they were ({s['training']} training mode)")
-        lines = audit + [f"  nodes: {self.graph.nodes} -> {self.nodes_after}"]
+        lines = audit + [f"  nodes: {self.graph.nodes} -> {self.nodes_after}; target {self.target}"]
         changes = self.op_changes()
         if changes:
             lines.append(_table(("op", "before", "after"),
