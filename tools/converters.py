@@ -146,7 +146,7 @@ def _check(converter: str, pb: Path, outputs: Sequence[str]) -> dict[str, Any]:
     tolerance = max([TOLERANCE] + [8 * float(np.finfo(a.dtype).eps) for a in expected
                                    if np.issubdtype(a.dtype, np.floating)])
     return {"status": "ok" if error <= tolerance else "wrong", "error": error,
-            "detail": f"max |difference| {error:.2g} of the output's scale"}
+            "detail": f"max difference {error:.2g} of the output's scale"}
 
 
 def _relative(expected: np.ndarray, actual: np.ndarray) -> float:
