@@ -23,7 +23,7 @@ NEEDS = {"tf2onnx": ("tf2onnx", "onnxruntime"), "tflite": ("tensorflow",), "open
 BEFORE = {
     "tf2onnx": ("invalid", "BatchNormWithGlobalNormalization"),  # onnxruntime: INVALID_GRAPH
     "tflite": ("refused", "'tf.FusedBatchNormV2' op is neither a custom op nor a flex op"),
-    "openvino": ("refused", "OpConversionFailure"),  # no conversion rule for the legacy op
+    "openvino": ("refused", "No conversion rule found for operations: BatchNormWithGlobalNormalization"),
 }
 
 

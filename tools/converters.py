@@ -62,7 +62,7 @@ def _tf2onnx(pb: Path, inputs: Sequence[str], outputs: Sequence[str], feeds) -> 
 def _tflite(pb: Path, inputs: Sequence[str], outputs: Sequence[str], feeds) -> Runner:
     tf = _tf()
     converter = tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
-        str(pb), list(inputs), list(outputs), {n: list(feeds[n].shape) for n in inputs})
+        str(pb), list(inputs), list(outputs), {n: list(feeds[n].shape) for n in inputs if n in feeds} or None)
     interpreter = tf.lite.Interpreter(model_content=converter.convert())
 
     def run(values: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -161,9 +161,14 @@ def _relative(expected: np.ndarray, actual: np.ndarray) -> float:
 
 
 def _line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else type(error).__name__
+    """The line that names the problem: OpenVINO's starts with where its check failed."""
+    lines = [line.strip(" -") for line in str(error).splitlines() if line.strip(" -")]
+    named = [line for line in lines if any(word in line for word in TELLING)]
+    text = (named or lines or [""])[0]
     return f"{type(error).__name__}: {text}"[:200]
+
+
+TELLING = ("No conversion rule", "neither a custom op", "INVALID_GRAPH", "not supported")
 
 
 def rewritten(pb: Path, target: str, folder: Path) -> Path:
