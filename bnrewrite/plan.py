@@ -30,6 +30,8 @@ MODES = ("fold", "fuse")
 SINGLE_OP = frozenset({"BatchNormWithGlobalNormalization", "FusedBatchNorm", "FusedBatchNormV2",
                        "FusedBatchNormV3"})
 FUSED_DTYPES = frozenset({types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16})
+# Ops that take fewer: TF 1.x's FusedBatchNorm declares T: {float}
+OP_DTYPES = {"FusedBatchNorm": frozenset({types_pb2.DT_FLOAT})}
 
 # The stable reason strings (the audit's JSON promises these) and what they mean.
 REASONS = {
@@ -54,7 +56,7 @@ REASONS = {
 @dataclass(frozen=True)
 class Fuse:
     kind: str  # which replacement the rewrite builds (FUSED_AS)
-    op: str = "FusedBatchNormV3"  # the fused op a fused-op or fused-training kind builds
+    op: str  # the op a fused-op or fused-training kind builds (TARGETS); "" for the others
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,7 @@ def _refused(index: GraphIndex, finding: Finding, reason: str, detail: str, host
     if wanted is None or finding.problem or finding.epsilon is None or dtype is None:
         return Decision(finding, Skip(), reason, detail, host, readers)
     for kind, op in TARGETS[target].get(wanted, ((wanted, ""),)):
-        if FUSED_AS[kind](finding, dtype) and (op != "FusedBatchNorm" or dtype == types_pb2.DT_FLOAT):
+        if FUSED_AS[kind](finding, dtype) and dtype in OP_DTYPES.get(op, FUSED_DTYPES | {dtype}):
             # a batch norm that already is the op wanted stays as it is
             outcome = Skip() if finding.form == op and wanted == "fused-op" else Fuse(kind, op)
             return Decision(finding, outcome, reason, detail, host, readers)
