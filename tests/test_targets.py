@@ -81,3 +81,14 @@ def test_cli_reports_the_target(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["target"] == "tf1"
     assert main(["rewrite", str(fixture_path("convert_legacy")), "-o", str(out), "--no-verify", "-q"]) == 0
     assert "target tf2" in capsys.readouterr().out
+
+
+def test_cli_folder_rewrite_takes_the_target(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "convert_legacy.pb").write_bytes(fixture_path("convert_legacy").read_bytes())
+    assert main(["rewrite", str(source), "-o", str(tmp_path / "out"), "--target", "tf1", "--no-verify",
+                 "-q", "-j", "1"]) == 0
+    ops = {node.op for node in bnrewrite.load_graph(tmp_path / "out" / "convert_legacy.pb").node}
+    assert "FusedBatchNorm" in ops and not {"FusedBatchNormV2", "FusedBatchNormV3",
+                                            "BatchNormWithGlobalNormalization"} & ops

@@ -3,10 +3,12 @@ make compute what TensorFlow computes? Before and after `bnrewrite rewrite --tar
 
     python tools/converters.py [--timeout 120] [GRAPH ...]
 
-prints one row per graph (default: the real graphs of ../shared/realgraphs) and converter:
-`ok` (converted, ran, every output within TOLERANCE of TensorFlow's), `wrong` (converted,
-ran, an output differs), `refused` (the converter raised), `invalid` (it wrote a model its
-own runtime cannot load or run), `timeout`. Each conversion runs in a child process, time-boxed.
+prints one row per graph (default: the real graphs of ../shared/realgraphs), a cell per
+converter, `before -> after`: `ok` (converted, ran, every output within TOLERANCE of
+TensorFlow's; the number is the largest difference, of the output's scale), `wrong`
+(converted, ran, an output differs), `refused` (the converter raised), `invalid` (it wrote a
+model its own runtime cannot load or run), `converted` (not run: an input that cannot be
+filled at random), `timeout`; numbered notes say why. Each conversion runs in a child process, time-boxed.
 `after` is the graph rewritten (fold mode, unverified) for the converter's target: onnx for
 tf2onnx, tflite for TFLite, tf2 (the default) for OpenVINO, whose reader takes
 FusedBatchNormV3. The tests import `convert` and `check` from here.
@@ -201,19 +203,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(check(args.one[0], Path(args.one[1]))))
         return 0
     graphs = args.graphs or sorted(p for p in REALGRAPHS.iterdir() if p.suffix in (".pb", ".pbtxt"))
-    print("| graph | converter | before | after |\n|---|---|---|---|")
+    print("| graph | " + " | ".join(f"{c} (`--target {t}`)" for c, t in TARGET.items()) + " |")
+    print("|---" * (len(TARGET) + 1) + "|")
+    notes: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as folder:
         for pb in graphs:
+            cells = []
             for converter, target in TARGET.items():
                 before = _child(converter, pb, args.timeout)
                 after = _child(converter, rewritten(pb, target, Path(folder)), args.timeout)
-                print(f"| `{pb.name}` | {converter} (--target {target}) | {_cell(before)} | {_cell(after)} |",
-                      flush=True)
+                cells.append(" -> ".join(_cell(result, notes) for result in (before, after)))
+            print(f"| `{pb.name}` | " + " | ".join(cells) + " |", flush=True)
+    for detail, number in notes.items():
+        print(f"\n[{number}] {detail}")
     return 0
 
 
-def _cell(result: Mapping[str, Any]) -> str:
-    return f"{result['status']}: {result['detail']}".replace("|", "/")
+def _cell(result: Mapping[str, Any], notes: dict[str, int]) -> str:
+    """`ok 3e-07` (the largest difference, of the output's scale), else the status and a
+    numbered note that says why."""
+    if result["error"] is not None:
+        return f"{result['status']} {result['error']:.1g}"
+    number = notes.setdefault(result["detail"].replace("|", "/"), len(notes) + 1)
+    return f"{result['status']} [{number}]"
 
 
 if __name__ == "__main__":
