@@ -8,10 +8,10 @@ converter, `before -> after`: `ok` (converted, ran, every output within TOLERANC
 TensorFlow's; the number is the largest difference, of the output's scale), `wrong`
 (converted, ran, an output differs), `refused` (the converter raised), `invalid` (it wrote a
 model its own runtime cannot load or run), `converted` (not run: an input that cannot be
-filled at random), `timeout`; numbered notes say why. Each conversion runs in a child process, time-boxed.
-`after` is the graph rewritten (fold mode, unverified) for the converter's target: onnx for
-tf2onnx, tflite for TFLite, tf2 (the default) for OpenVINO, whose reader takes
-FusedBatchNormV3. The tests import `convert` and `check` from here.
+filled at random), `timeout`; numbered notes say why. Each conversion runs in a child
+process, time-boxed. `after` is the graph rewritten (fold mode, unverified) for the
+converter's target: onnx for tf2onnx, tflite for TFLite, tf2 (the default) for OpenVINO,
+whose reader takes FusedBatchNormV3. tests/test_converters.py imports `check` and `TARGET`.
 """
 from __future__ import annotations
 
@@ -27,19 +27,26 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bnrewrite import load_graph, rewrite, save_graph  # noqa: E402
+from bnrewrite import CannotVerifyError, load_graph, rewrite, save_graph  # noqa: E402
 from bnrewrite.feeds import make_feeds  # noqa: E402
 from bnrewrite.index import GraphIndex  # noqa: E402
 from bnrewrite.verify import Options  # noqa: E402
 
 REALGRAPHS = Path(__file__).resolve().parent.parent.parent / "shared" / "realgraphs"
 # Converters reorder the arithmetic (and fuse ops differently): an error within this fraction
-# of the output's scale is rounding (float32; 8 ulps of the output's dtype where that is
-# coarser, for float16), a mistranslation is far above it.
+# of the output's scale (its largest finite magnitude, at least 1) is rounding (float32; 8
+# ulps of the output's dtype where that is coarser, for float16); a mistranslation is far above.
 TOLERANCE = 1e-4
 # What each converter's `after` graph is rewritten for (bnrewrite's --target).
 TARGET = {"tf2onnx": "onnx", "tflite": "tflite", "openvino": "tf2"}
 Runner = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
+Feeds = Mapping[str, np.ndarray]
+# Words of the line of a converter's error that names the problem
+TELLING = ("No conversion rule", "neither a custom op", "INVALID_GRAPH", "not supported")
+
+
+class InvalidModel(Exception):
+    """The converter wrote a model that its own runtime refuses."""
 
 
 def _tf():
@@ -48,7 +55,7 @@ def _tf():
     return tf
 
 
-def _tf2onnx(pb: Path, inputs: Sequence[str], outputs: Sequence[str], feeds) -> Runner:
+def _tf2onnx(pb: Path, inputs: Sequence[str], outputs: Sequence[str], feeds: Feeds) -> Runner:
     import onnxruntime
     import tf2onnx
     graph = _tf().compat.v1.GraphDef.FromString(pb.read_bytes())
@@ -61,7 +68,7 @@ def _tf2onnx(pb: Path, inputs: Sequence[str], outputs: Sequence[str], feeds) -> 
     return lambda values: session.run([f"{n}:0" for n in outputs], {f"{n}:0": v for n, v in values.items()})
 
 
-def _tflite(pb: Path, inputs: Sequence[str], outputs: Sequence[str], feeds) -> Runner:
+def _tflite(pb: Path, inputs: Sequence[str], outputs: Sequence[str], feeds: Feeds) -> Runner:
     tf = _tf()
     converter = tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
         str(pb), list(inputs), list(outputs), {n: list(feeds[n].shape) for n in inputs if n in feeds} or None)
@@ -78,7 +85,7 @@ def _tflite(pb: Path, inputs: Sequence[str], outputs: Sequence[str], feeds) -> R
     return run
 
 
-def _openvino(pb: Path, inputs: Sequence[str], outputs: Sequence[str], feeds) -> Runner:
+def _openvino(pb: Path, inputs: Sequence[str], outputs: Sequence[str], feeds: Feeds) -> Runner:
     import openvino
     model = openvino.convert_model(str(pb))
     if inputs:
@@ -98,10 +105,6 @@ def _names(port: Any) -> set[str]:
 
 
 CONVERTERS: dict[str, Callable[..., Runner]] = {"tf2onnx": _tf2onnx, "tflite": _tflite, "openvino": _openvino}
-
-
-class InvalidModel(Exception):
-    """The converter wrote a model that its own runtime refuses."""
 
 
 def reference(pb: Path, outputs: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -124,11 +127,12 @@ def check(converter: str, path: Path, outputs: Sequence[str] = ()) -> dict[str, 
 
 
 def _check(converter: str, pb: Path, outputs: Sequence[str]) -> dict[str, Any]:
-    index = GraphIndex(load_graph(pb))
+    graph = load_graph(pb)
+    index = GraphIndex(graph)
     outputs = list(outputs) or index.inferred_outputs()
     try:
-        feeds = make_feeds(load_graph(pb), Options())
-    except Exception as error:  # a string or bool input: nothing to compare on
+        feeds = make_feeds(graph, Options())
+    except CannotVerifyError as error:  # a string or bool input: nothing to compare on
         feeds = None
         why = str(error)
     try:
@@ -152,14 +156,14 @@ def _check(converter: str, pb: Path, outputs: Sequence[str]) -> dict[str, Any]:
 
 
 def _relative(expected: np.ndarray, actual: np.ndarray) -> float:
+    """max |difference| over the output's scale; NaN must meet NaN, infinity the same infinity."""
     expected, actual = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
-    if expected.shape != actual.shape:
+    finite = np.isfinite(expected)
+    if expected.shape != actual.shape or np.any(np.where(finite, ~np.isfinite(actual), expected != actual)
+                                                 & ~(np.isnan(expected) & np.isnan(actual))):
         return float("inf")
-    same_nan = np.isnan(expected) & np.isnan(actual)
-    if np.any(np.isnan(expected) != np.isnan(actual)):
-        return float("inf")
-    diff = np.abs(np.where(same_nan, 0, expected - actual))
-    return float(diff.max(initial=0) / max(np.abs(np.where(same_nan, 0, expected)).max(initial=0), 1.0))
+    diff = np.abs(expected - actual)[finite]
+    return float(diff.max(initial=0) / max(np.abs(expected[finite]).max(initial=0), 1.0))
 
 
 def _line(error: BaseException) -> str:
@@ -168,9 +172,6 @@ def _line(error: BaseException) -> str:
     named = [line for line in lines if any(word in line for word in TELLING)]
     text = (named or lines or [""])[0]
     return f"{type(error).__name__}: {text}"[:200]
-
-
-TELLING = ("No conversion rule", "neither a custom op", "INVALID_GRAPH", "not supported")
 
 
 def rewritten(pb: Path, target: str, folder: Path) -> Path:
