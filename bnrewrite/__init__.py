@@ -58,17 +58,19 @@ def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = (),
 
 def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
             path: str | None = None, verify: "VerifyOptions | None" = None,
-            set_values: Mapping[str, Any] | None = None, set_defaults: bool = False) -> tuple[Any, RewriteReport]:
+            set_values: Mapping[str, Any] | None = None, set_defaults: bool = False,
+            target: str = "tf2") -> tuple[Any, RewriteReport]:
     """Fold every foldable inference batch norm into its host (`mode="fold"`) or only
-    replace each by FusedBatchNormV3 (`mode="fuse"`). Returns a new GraphDef of the
-    caller's class and a report; `outputs` names nodes that must survive (by default
+    replace each (`mode="fuse"`) by what `target` loads: `tf2` FusedBatchNormV3, `tf1`
+    FusedBatchNorm, `tflite` and `onnx` what their converters map (plan.TARGETS).
+    Returns a new GraphDef of the caller's class and a report; `outputs` names nodes that must survive (by default
     the nodes nothing consumes). `set_values` ({"keras_learning_phase": False}) makes
     placeholders constants and resolves the conds they decide, `set_defaults` every
     PlaceholderWithDefault (phase.py). With `verify` (needs TensorFlow) both graphs are
     run, the original fed the values set, and VerificationError is raised unless every
     output matches."""
     with _boundary(path):
-        return _rewrite_graph(graph_def, mode, outputs, path, verify, set_values, set_defaults)
+        return _rewrite_graph(graph_def, mode, outputs, path, verify, set_values, set_defaults, target)
 
 
 def _resolved(graph: Any, outputs: Sequence[str], set_values: Mapping[str, Any] | None,
@@ -103,7 +105,7 @@ def _what_set_does(graph: Any, entries: list[BatchNormEntry], outputs: Sequence[
 
 def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str | None,
                    verify: VerifyOptions | None, set_values: Mapping[str, Any] | None = None,
-                   set_defaults: bool = False) -> tuple[Any, RewriteReport]:
+                   set_defaults: bool = False, target: str = "tf2") -> tuple[Any, RewriteReport]:
     original = graphio.as_internal(graph_def)  # read only: the rewrite builds a new graph
     index = validate.check(original, path, outputs)
     info = _info(original, index, path)
@@ -113,14 +115,14 @@ def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str 
     left = _info(graph, index, path) if resolution else info  # the outputs the resolved graph keeps
     ops_before = Counter(node.op for node in original.node)
     protected = _fetched(left, outputs)
-    result, decisions, dropped = _rewrite.planned(graph, index, mode, protected)
+    result, decisions, dropped = _rewrite.planned(graph, index, mode, protected, target)
     problems = validate.structural(result, outputs)
     if problems:
         raise RuntimeError(f"internal error: the rewrite produced an invalid graph: {problems[0]}")
     report = RewriteReport(info, mode, [entry(d) for d in decisions], len(result.node),
                            dict(sorted(ops_before.items())),
                            dict(sorted(Counter(node.op for node in result.node).items())),
-                           control_edges_dropped=dropped)
+                           control_edges_dropped=dropped, target=target)
     if resolution is not None:
         report.phase = {**asdict(resolution), "summary": resolution.describe()}
     if verify is not None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import __version__, load_graph, rewrite, save_graph, tfrun, verify, zoo
 from .errors import BnRewriteError, CannotVerifyError
+from .plan import TARGETS
 from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, exit_code, to_json, verification_lines
 from .verify import BASE_TIMEOUT, DEFAULT_BATCH, TIMEOUT_PER_NODE, Options
 
@@ -74,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                      help=".pb or .pbtxt to write (a folder when IN is one)")
     cmd.add_argument("--mode", choices=("fold", "fuse"), default="fold",
                      help="fold: into weights where possible (default); fuse: FusedBatchNormV3 only")
+    cmd.add_argument("--target", choices=tuple(TARGETS), default="tf2",
+                     help="what an unfolded batch norm becomes, so the result loads there: tf2 "
+                          "FusedBatchNormV3 (default), tf1 FusedBatchNorm, tflite and onnx what "
+                          "their converters map cleanly")
     cmd.add_argument("--in-place", action="store_true", help="allow OUT to be IN")
     cmd.add_argument("--no-verify", action="store_true", help="skip running both graphs in TensorFlow")
     cmd.add_argument("--format", choices=("text", "json"), default="text")
@@ -205,7 +210,8 @@ def _rewrite(args: argparse.Namespace) -> int:
     options = None if args.no_verify else _options(args)
     _progress(args, "rewriting" + ("" if args.no_verify else " and verifying in TensorFlow"))
     try:
-        new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options, **_setting(args))
+        new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options, target=args.target,
+                                    **_setting(args))
     except CannotVerifyError as error:
         raise CannotVerifyError(f"{error.problem} (--no-verify skips the check)", error.path) from None
     save_graph(new_graph, target)
@@ -227,7 +233,7 @@ def _rewrite_folder(args: argparse.Namespace, source: Path, target: Path) -> int
         if isinstance(path, BnRewriteError):
             raise path
         tasks.append((zoo.rewrite_one, (path, target / path.relative_to(source), args.mode,
-                                        args.outputs, options, _setting(args))))
+                                        args.outputs, options, _setting(args), args.target)))
     outcomes = zoo.run(tasks, args.jobs, _show_progress(args), "rewriting")
     lines = []
     for outcome in outcomes:

@@ -1,5 +1,5 @@
 """NodeDef factories for what the rewrite adds: constants, BiasAdd, Mul/Add,
-FusedBatchNormV3, Reshape, Shape. One place knows each op's attributes."""
+FusedBatchNorm(V3), Reshape, Shape. One place knows each op's attributes."""
 from __future__ import annotations
 
 from typing import Any, Iterable
@@ -47,11 +47,13 @@ def binary(name: str, op: str, a: str, b: str, dtype: int, device: str = "") -> 
     return _node(name, op, [a, b], device, T=dtype)
 
 
-def fused_batch_norm_v3(name: str, inputs: list[str], dtype: int, epsilon: float, data_format: str,
-                        training: bool, device: str = "") -> Any:
-    return _node(name, "FusedBatchNormV3", inputs, device, T=dtype, U=types_pb2.DT_FLOAT,
-                 epsilon=float(epsilon), data_format=data_format, is_training=training,
-                 exponential_avg_factor=1.0)
+def fused_batch_norm(name: str, inputs: list[str], dtype: int, epsilon: float, data_format: str,
+                     training: bool, op: str = "FusedBatchNormV3", device: str = "") -> Any:
+    """FusedBatchNormV3, or FusedBatchNorm with only the attributes TF 1.x knew (a TF 1.x
+    runtime refuses a NodeDef holding an attribute its op does not declare)."""
+    node = _node(name, op, inputs, device, T=dtype, epsilon=float(epsilon), data_format=data_format,
+                 is_training=training)
+    return set_attrs(node, U=types_pb2.DT_FLOAT, exponential_avg_factor=1.0) if op == "FusedBatchNormV3" else node
 
 
 def reshape(name: str, x: str, shape: str, dtype: int, device: str = "") -> Any:

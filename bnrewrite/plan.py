@@ -1,6 +1,6 @@
 """Findings -> actions. The one place that decides what happens to each batch norm:
 `fold` into the weights of the linear op before it (backward) or of the ones after it
-(forward), `fuse` into one FusedBatchNormV3, or `skip`.
+(forward), `fuse` into what the destination loads (`TARGETS`), or `skip`.
 
 The refusal checks are data: ordered tables of (reason, test). The first test that
 holds names the reason; the action for a refused batch norm follows from the reason.
@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Callable
 
 import numpy as np
+from tensorboard.compat.proto import types_pb2
 
 from . import folds, names, tensors
 from .affine import FAKE_QUANT
@@ -27,6 +28,8 @@ from .variants import FUSED_DTYPES
 
 FOLD, FUSE, SKIP = "fold", "fuse", "skip"
 MODES = ("fold", "fuse")
+# Ops that take fewer dtypes than FUSED_DTYPES: TF 1.x's FusedBatchNorm declares T: {float}
+OP_DTYPES = {"FusedBatchNorm": frozenset({types_pb2.DT_FLOAT})}
 
 # The stable reason strings (the audit's JSON promises these) and what they mean.
 REASONS = {
@@ -53,6 +56,7 @@ REASONS = {
 @dataclass(frozen=True)
 class Fuse:
     kind: str  # which replacement the rewrite builds (FUSED_AS)
+    op: str  # the op a fused-op or fused-training kind builds (TARGETS); "" for the others
 
 
 @dataclass(frozen=True)
@@ -271,8 +275,26 @@ FUSED_AS = {
 }
 
 
+# What each kind of fuse becomes where the result is going: replacements in order of
+# preference, each a FUSED_AS kind and the fused op it builds; the first one possible is
+# built, none possible leaves the batch norm as it is (a kind missing here builds itself).
+# Measured (tools/converters.py; tf2onnx 1.17, TF 2.21's TFLite converter, OpenVINO 2026.4):
+# TFLite refuses FusedBatchNormV2 and maps V1 and V3; tf2onnx maps V1-V3 (training too) to
+# BatchNormalization and writes an invalid model of BatchNormWithGlobalNormalization, which
+# OpenVINO refuses; TF 1.x runtimes know no FusedBatchNormV3 (nor its U attribute).
+V3, V1, SCALE_SHIFT = ("fused-op", "FusedBatchNormV3"), ("fused-op", "FusedBatchNorm"), ("scale-shift", "")
+TRAINING_V3 = ("fused-training", "FusedBatchNormV3")
+TARGETS: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {
+    "tf2": {"fused-op": (V3,), "fused-training": (TRAINING_V3,)},
+    # FusedBatchNorm is float32 only: fp16 becomes Mul+Add, or stays (TF 1.x runs every old form)
+    "tf1": {"fused-op": (V1, SCALE_SHIFT), "fused-training": (("fused-training", "FusedBatchNorm"),)},
+    "tflite": {"fused-op": (V3, SCALE_SHIFT), "fused-training": (TRAINING_V3,)},
+    "onnx": {"fused-op": (V3, SCALE_SHIFT), "fused-training": (TRAINING_V3,)},
+}
+
+
 def _fuse_as(finding: Finding, reason: str) -> str | None:
-    """The replacement fusing would build, or None where the batch norm must stay."""
+    """The kind of replacement fusing would build, or None where the batch norm must stay."""
     kind = finding.variant.fuses_to
     if reason in KEEP or kind is None:
         return None
@@ -282,13 +304,17 @@ def _fuse_as(finding: Finding, reason: str) -> str | None:
 
 
 def _refused(index: GraphIndex, finding: Finding, reason: str, detail: str, host: HostMatch | None,
-             readers: Readers | None = None) -> Decision:
-    kind = _fuse_as(finding, reason)
+             target: str, readers: Readers | None = None) -> Decision:
+    wanted = _fuse_as(finding, reason)
     dtype = index.attr(finding.output, "T", kind=int)
-    if kind is None or finding.problem or finding.epsilon is None or dtype is None \
-            or not FUSED_AS[kind](finding, dtype):
+    if wanted is None or finding.problem or finding.epsilon is None or dtype is None:
         return Decision(finding, Skip(), reason, detail, host, readers)
-    return Decision(finding, Fuse(kind), reason, detail, host, readers)
+    for kind, op in TARGETS[target].get(wanted, ((wanted, ""),)):
+        if FUSED_AS[kind](finding, dtype) and dtype in OP_DTYPES.get(op, FUSED_DTYPES | {dtype}):
+            # a batch norm that already is the op wanted stays as it is
+            outcome = Skip() if finding.form == op and wanted == "fused-op" else Fuse(kind, op)
+            return Decision(finding, outcome, reason, detail, host, readers)
+    return Decision(finding, Skip(), reason, detail, host, readers)
 
 
 def _fits(finding: Finding, dtype: int) -> bool:
@@ -316,7 +342,7 @@ def _first(checks, context) -> tuple[str, str] | None:
 
 
 def _decide(c: _Context, refusal: tuple[str, str] | None, forward_ok: bool, mode: str,
-            claimed: frozenset[str]) -> Decision:
+            claimed: frozenset[str], target: str) -> Decision:
     """`refusal`: why it does not fold backward; `forward_ok`: that was the host's doing, so
     folding forward may still work; `claimed`: ops whose weights take backward folds."""
     readers, fold = None, None if refusal else c.fold
@@ -330,17 +356,20 @@ def _decide(c: _Context, refusal: tuple[str, str] | None, forward_ok: bool, mode
     if refusal is None and mode == "fuse":
         refusal = FUSE_MODE[0], FUSE_MODE[1](c)
     if refusal is not None:
-        return _refused(c.index, c.finding, *refusal, c.host, readers)
+        return _refused(c.index, c.finding, *refusal, c.host, target, readers)
     into = ", ".join(edit.node for edit in fold.edits)
     return Decision(c.finding, fold, None, f"fold {fold.direction} into {into}", c.host, readers)
 
 
-def make_plan(index: GraphIndex, mode: str = "fold", fetched: frozenset[str] = frozenset()
-              ) -> list[Decision]:
-    """One decision per batch norm; `fetched` names nodes whose values must not change.
-    Backward folds are decided first: a forward fold never takes weights one of them changes."""
+def make_plan(index: GraphIndex, mode: str = "fold", fetched: frozenset[str] = frozenset(),
+              target: str = "tf2") -> list[Decision]:
+    """One decision per batch norm; `fetched` names nodes whose values must not change;
+    `target` (a key of TARGETS) what an unfolded batch norm becomes. Backward folds are
+    decided first: a forward fold never takes weights one of them changes."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {tuple(TARGETS)}, not {target!r}")
     contexts = [_Context(f, find_host(index, f.x), index, fetched) for f in find_batch_norms(index)]
     backward = []
     for context in contexts:
@@ -348,7 +377,7 @@ def make_plan(index: GraphIndex, mode: str = "fold", fetched: frozenset[str] = f
         backward.append((refusal, False) if refusal else (_first(HOST_CHECKS, context), True))
     claimed = frozenset(p.node for c, (refusal, _) in zip(contexts, backward) if refusal is None
                         for p in c.host.parts)
-    decisions = [_decide(c, *b, mode, claimed) for c, b in zip(contexts, backward)]
+    decisions = [_decide(c, *b, mode, claimed, target) for c, b in zip(contexts, backward)]
     # A plain scale or shift is worth a line only where it has something to fold into.
     return [d for d in decisions
             if d.finding.variant.batch_norm or d.host is not None or isinstance(d.outcome, Fold)]

@@ -132,6 +132,7 @@ class RewriteReport:
     verification: dict[str, Any] | None = None  # None: not verified
     control_edges_dropped: list[str] = field(default_factory=list)  # "^read -> consumer"
     phase: dict[str, Any] | None = None  # --set / --set-defaults: phase.Resolution as a dict
+    target: str = "tf2"  # where the result is going: what unfolded batch norms became
 
     def op_changes(self) -> dict[str, tuple[int, int]]:
         """Op type -> (count before, count after), for the types whose count changed."""
@@ -153,7 +154,7 @@ class RewriteReport:
         s = self.summary()
         audit[3] = (f"  {s['batch_norms']} batch norms{_affine(s)}: {s['fold']} folded, {s['fuse']} fused, "
                     f"{s['skip']} left as they were ({s['training']} training mode)")
-        lines = audit + [f"  nodes: {self.graph.nodes} -> {self.nodes_after}"]
+        lines = audit + [f"  nodes: {self.graph.nodes} -> {self.nodes_after}; target {self.target}"]
         if self.control_edges_dropped:
             shown = self.control_edges_dropped[:3]
             more = len(self.control_edges_dropped) - len(shown)

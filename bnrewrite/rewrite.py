@@ -1,7 +1,7 @@
 """Apply a plan to a graph, building a new one: the one place that edits.
 
 Each batch norm's output keeps its node name (the new BiasAdd, Add or
-FusedBatchNormV3 takes it), so consumers and fetched names stay valid. New nodes
+fused op takes it), so consumers and fetched names stay valid. New nodes
 are named after the host or the batch norm, deterministically. Only the nodes the
 rewrite made dead are pruned, and with them the control edges that only kept a dead
 constant read alive. The input graph is never changed: a node that must change is copied
@@ -97,7 +97,7 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
     for decision in decisions:
         finding, outcome = decision.finding, decision.outcome
         if isinstance(outcome, Fuse):
-            _FUSERS[outcome.kind](editor, finding)
+            _FUSERS[outcome.kind](editor, finding, outcome.op)
         elif isinstance(outcome, Fold) and outcome.direction == BACKWARD:
             _fold(editor, decision)
             candidates |= {node for node, _ in decision.host.links} | decision.host.param_nodes
@@ -113,20 +113,20 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
     return editor.result(candidates - protected)
 
 
-def planned(graph: Any, index: GraphIndex, mode: str, protected: frozenset[str]
+def planned(graph: Any, index: GraphIndex, mode: str, protected: frozenset[str], target: str = "tf2"
             ) -> tuple[Any, list[Decision], list[str]]:
     """Plan and apply; then fold the batch norms that waited for a consumer whose weights
     took a backward fold in the same pass ("consumer-folded"): planned again on the
     result, where those weights are plain constants. Returns the graph, one decision per
     batch norm of the original (the second pass's outcome where it folded one), and the
     control edges dropped. The audit shows these decisions, so it says what this does."""
-    decisions = make_plan(index, mode, protected)
+    decisions = make_plan(index, mode, protected, target)
     result, dropped = apply(graph, index, decisions, protected)
     waiting = {d.finding.output: d for d in decisions if d.reason == "consumer-folded"}
     if not waiting:
         return result, decisions, dropped
     second_index = GraphIndex(result)
-    second = [d for d in make_plan(second_index, mode, protected)
+    second = [d for d in make_plan(second_index, mode, protected, target)
               if d.finding.output in waiting and d.action == FOLD]
     if not second:
         return result, decisions, dropped
@@ -188,20 +188,21 @@ def _fold_forward(ed: _Editor, finding: Finding, fold: Fold) -> None:
         ed.replacements[edit.node] = nodes.bias_add(edit.node, moved.name, bias, dtype, layout, node.device)
 
 
-def _fuse_op(ed: _Editor, finding: Finding) -> None:
-    """FusedBatchNorm/V2 or BatchNormWithGlobalNormalization -> FusedBatchNormV3, same tensors."""
+def _fuse_op(ed: _Editor, finding: Finding, op: str) -> None:
+    """FusedBatchNorm* or BatchNormWithGlobalNormalization -> `op`, over the same tensors."""
     gamma = finding.inputs.get("gamma") or ed.const(
         f"{finding.output}/bn_ones", np.ones(finding.channels, np.float32), finding.output)
     inputs = [finding.x, gamma, finding.inputs["beta"], finding.inputs["mean"], finding.inputs["variance"]]
     layout = ed.index.attr(finding.output, "data_format", "NHWC", str)
-    ed.replace(finding, nodes.fused_batch_norm_v3(
-        finding.output, inputs, _dtype(ed.index, finding.output), finding.epsilon, layout, training=False))
+    ed.replace(finding, nodes.fused_batch_norm(
+        finding.output, inputs, _dtype(ed.index, finding.output), finding.epsilon, layout, False, op))
 
 
-def _scale_and_shift(ed: _Editor, finding: Finding) -> None:
-    """x * scale + offset with constant vectors laid out along the channel axis. A chain with
-    FakeQuant ops gets that per stretch between them, each FakeQuant rewired in between,
-    and a stretch's Mul or Add only where it changes something."""
+def _scale_and_shift(ed: _Editor, finding: Finding, op: str) -> None:
+    """x * scale + offset with constant vectors laid out along the channel axis (`op`, the
+    fused op other kinds build, does not apply: this one is always Mul and Add). A chain
+    with FakeQuant ops gets that per stretch between them, each FakeQuant rewired in
+    between, and a stretch's Mul or Add only where it changes something."""
     out = finding.output
     dtype = _dtype(ed.index, out)
     layout = (finding.channels,) + (1,) * (-finding.channel_axis - 1)
@@ -224,8 +225,8 @@ def _scale_and_shift(ed: _Editor, finding: Finding) -> None:
         tensor = before
 
 
-def _fuse_training(ed: _Editor, finding: Finding) -> None:
-    """Batch statistics over all axes but the last: one FusedBatchNormV3(is_training=true),
+def _fuse_training(ed: _Editor, finding: Finding, op: str) -> None:
+    """Batch statistics over all axes but the last: one `op`(is_training=true),
     through a [1, -1, 1, C] reshape when x is not 4-D (the statistics are unchanged)."""
     gamma, beta = (finding.vector(role).astype(np.float32) for role in ("gamma", "beta"))
     out = finding.output
@@ -233,13 +234,13 @@ def _fuse_training(ed: _Editor, finding: Finding) -> None:
     empty = ed.const(f"{out}/bn_empty", np.zeros(0, np.float32), out)
     params = [ed.const(f"{out}/bn_gamma", gamma, out), ed.const(f"{out}/bn_beta", beta, out), empty, empty]
     if len(finding.axes) == 3:
-        ed.replace(finding, nodes.fused_batch_norm_v3(out, [finding.x, *params], dtype, finding.epsilon,
-                                                      "NHWC", training=True))
+        ed.replace(finding, nodes.fused_batch_norm(out, [finding.x, *params], dtype, finding.epsilon,
+                                                   "NHWC", True, op))
         return
     target = ed.const(f"{out}/bn_4d_shape", np.array([1, -1, 1, finding.channels], np.int32), out)
     as_4d = ed.add(nodes.reshape(ed.fresh(f"{out}/bn_to_4d"), finding.x, target, dtype), out)
-    fused = ed.add(nodes.fused_batch_norm_v3(ed.fresh(f"{out}/bn_fused"), [as_4d, *params], dtype,
-                                             finding.epsilon, "NHWC", training=True), out)
+    fused = ed.add(nodes.fused_batch_norm(ed.fresh(f"{out}/bn_fused"), [as_4d, *params], dtype,
+                                          finding.epsilon, "NHWC", True, op), out)
     original = ed.add(nodes.shape(ed.fresh(f"{out}/bn_shape"), finding.x, dtype), out)
     ed.replace(finding, nodes.reshape(out, fused, original, dtype))
 

@@ -70,12 +70,13 @@ def audit_one(path: Path | GraphLoadError, outputs: Sequence[str], probing: Opti
 
 
 def rewrite_one(source: Path, target: Path, mode: str, outputs: Sequence[str],
-                options: Options | None, setting: Mapping[str, Any] = {}) -> Outcome:
+                options: Options | None, setting: Mapping[str, Any] = {}, destination: str = "tf2") -> Outcome:
     """Rewrite (and verify, unless `options` is None) one graph; write `target` only if
-    it verified. Parent folders of `target` are made as needed."""
+    it verified; `destination` is what the result loads in (plan.TARGETS). Parent folders
+    of `target` are made as needed."""
     try:
         graph = load_graph(source)
-        new_graph, report = rewrite(graph, mode, outputs, str(source), options, **setting)
+        new_graph, report = rewrite(graph, mode, outputs, str(source), options, target=destination, **setting)
         target.parent.mkdir(parents=True, exist_ok=True)
         save_graph(new_graph, target)
         return Outcome(str(source), EXIT_OK, report, output=str(target))

@@ -88,8 +88,8 @@ def test_nan_producing_legacy_graph_verifies(realgraphs):
     fused.CopyFrom(graph)
     old = fused.node[-1]  # batchnorm(t=zeros, m,v,beta,gamma = m_v_beta_gamma); gamma ignored
     fused.node.append(nodes.const("ones", np.ones(32, np.float32)))
-    replacement = nodes.fused_batch_norm_v3("batchnorm", [old.input[0], "ones", old.input[3], old.input[1],
-                                                          old.input[2]], 1, 0.001, "NHWC", training=False)
+    replacement = nodes.fused_batch_norm("batchnorm", [old.input[0], "ones", old.input[3], old.input[1],
+                                                       old.input[2]], 1, 0.001, "NHWC", False)
     del fused.node[2]
     fused.node.append(replacement)
     assert np.isnan(run(graph, {}, ["batchnorm"])[0]).any()

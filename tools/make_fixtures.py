@@ -819,6 +819,24 @@ def _(fx):
     fused_tail(fx, y, 6, 4.65e-3, "DepthwiseConv2dNative", direction="backward")
 
 
+# ----- 11b. what converters refuse -----------------------------------------------------------
+@case("convert_legacy", "Relu -> FusedBatchNormV2 -> Relu -> BatchNormWithGlobalNormalization -> "
+      "Relu (producer 8): no linear op before or after either batch norm, so both are fused. "
+      "tf2onnx writes an invalid model of it, OpenVINO and TFLite refuse it; rewritten with the "
+      "converter's --target, each converter's result matches TensorFlow (tests/test_converters.py).")
+def _(fx):
+    x = relu_input(fx, [None, 6, 5, 4])
+    bn1 = fused_tail(fx, x, 4, 1.35e-3, None, version=2, scope="bn1", out=None, action="fuse",
+                     reason="no-linear-host")
+    y = tf.nn.relu(bn1.y, name="relu1")
+    p = fx.bn_params(4)
+    bn2 = bnwgn(fx, "bn2/BatchNormWithGlobalNormalization", y, fx.param_tensors("bn2", p), 2.65e-3)
+    fx.output(fx.node("out", "Relu", [bn2], T=tf.float32))
+    fx.producer = 8
+    fx.expect("BatchNormWithGlobalNormalization", bn2, y, p, 2.65e-3, None, action="fuse",
+              reason="no-linear-host")
+
+
 # ----- 12. hostile: graphs verification must never run (fixtures/hostile/) -------------------
 # Each folds a batch norm like any model would; "hostile" in the sidecar says what
 # verification must do: refuse (naming "ops"), stop at the time or memory limit, or verify.

@@ -11,8 +11,9 @@ VARIANTS = tuple(
         form=name,
         pattern=op(name, Var("x"), Param("gamma"), Param("beta"), Param("mean"), Param("variance")),
         attrs=_ATTRS,
-        # V3 already is what fusing makes; V1/V2 become it, on the same tensors
-        fuses_to=None if name == "FusedBatchNormV3" else "fused-op",
+        # the op plan.TARGETS names for the destination, on the same tensors (a V3 kept
+        # where that is V3 itself)
+        fuses_to="fused-op",
         side_outputs=True,
     )
     for name in ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
