@@ -114,7 +114,7 @@ class Analysis:
             return None
         inputs = self.index.data_inputs(name)
         variable = [i for i, t in enumerate(inputs) if not self.known(t)]
-        if len(variable) != 1:
+        if len(variable) != 1 or len(inputs) != (1 if node.op == "Neg" else 2):  # malformed: not ours
             return None
         (v,) = variable
         one, zero = np.ones(()), np.zeros(())

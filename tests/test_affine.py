@@ -175,3 +175,11 @@ def test_c_minus_x_is_not_a_mean_subtracted_from_a_constant(builder):
     assert (entry.form, entry.input, entry.host, entry.action) == ("formula", "conv", "Conv2D", "fold")
     np.testing.assert_allclose([entry.gamma, entry.mean, entry.beta], [-np.ones(4), MEAN, np.zeros(4)],
                                rtol=1e-6, atol=1e-7)
+
+
+def test_a_binary_op_with_one_input_is_not_a_chain_step(builder):
+    """Fuzzer case (an op type changed to Mul on a one-input node): no IndexError, no chain."""
+    builder.node("x", "Placeholder", dtype=1).const("c", [2.0, 3.0])
+    builder.node("half", "Mul", "x", T=1)  # one input: TensorFlow would refuse it, we must not crash
+    builder.node("out", "Add", "half", "c", T=1)
+    assert [e.form for e in bnrewrite.audit(builder.graph).batch_norms] == []
