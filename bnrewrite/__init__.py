@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import graphio, names, phase, safety, tensors, validate
+from . import graphio, names, phase, registry, safety, tensors, validate
 from . import rewrite as _rewrite
 from . import verify as _verify
 from .errors import (BnRewriteError, CannotVerifyError, GraphLoadError, GraphRunError, InvalidGraphError,
@@ -53,7 +53,8 @@ def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = (),
         entries = [entry(decision) for decision in decisions]
         if any(e.branches for e in entries):
             _what_set_does(graph, entries, outputs)
-        return AuditReport(info, entries, side_effects=safety.side_effects(graph, list(outputs) or info.outputs))
+        return AuditReport(info, entries, side_effects=safety.side_effects(graph, list(outputs) or info.outputs),
+                           catalogue=registry.listing())
 
 
 def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),

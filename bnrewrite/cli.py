@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import __version__, load_graph, rewrite, save_graph, tfrun, verify, zoo
+from . import __version__, load_graph, registry, rewrite, save_graph, tfrun, verify, zoo
 from .errors import BnRewriteError, CannotVerifyError
 from .plan import TARGETS
 from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, exit_code, to_json, verification_lines
@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed usage or help
         return EXIT_BAD_INPUT if exc.code else EXIT_OK
     try:
+        registry.listing()  # a broken plugin is one line before any work, not one per graph
         return args.run(args)
     except BnRewriteError as error:
         return _complain(error)

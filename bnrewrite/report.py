@@ -76,6 +76,7 @@ class AuditReport:
     probe: list[dict[str, Any]] | None = None  # audit --probe: batch dependence per output
     side_effects: list[SideEffect] = field(default_factory=list)
     trusted: list[str] | None = None  # audit --probe --trust-graph: side-effect ops run unchecked
+    catalogue: list[dict[str, Any]] | None = None  # registry.listing(): the variants and hosts looked for
 
     def summary(self) -> dict[str, int]:
         """Counts; a plain affine (form "affine") is not a batch norm, but its action counts."""
@@ -92,6 +93,8 @@ class AuditReport:
         if self.probe is not None:
             data["probe"] = self.probe
             data["trusted"] = self.trusted
+        if self.catalogue is not None:
+            data["catalogue"] = self.catalogue
         return data
 
     def to_text(self) -> str:
@@ -118,6 +121,8 @@ class AuditReport:
                          f"scale) when a sample runs alone instead of in a batch of {p['batch']}")
         if self.probe is not None and self.trusted is not None:
             lines.append(_trusted_line(self.trusted))
+        if self.catalogue is not None:
+            lines.append(_catalogue_line(self.catalogue))
         return "\n".join(lines)
 
 
@@ -235,6 +240,20 @@ def to_json(reports: list[AuditReport]) -> str:
     """One object for one graph, a list for several (the audit CLI's promise)."""
     data: Any = [r.to_dict() for r in reports]
     return json.dumps(data[0] if len(data) == 1 else data, indent=1, sort_keys=True)
+
+
+def _catalogue_line(entries: list[dict[str, Any]]) -> str:
+    """The core's entries counted, a plugin's named: what a reader checks is that theirs loaded."""
+    by_source: dict[str, dict[str, list[str]]] = {}
+    for e in entries:
+        kinds = by_source.setdefault(e["distribution"], {})
+        kinds.setdefault(e["group"].rpartition(".")[2], []).extend(e["registers"])
+    parts = []
+    for source, kinds in by_source.items():
+        core = source.startswith("bnrewrite ")
+        parts.append(f"{source}: " + ", ".join(
+            f"{len(names)} {kind}" if core else f"{kind} {' '.join(names)}" for kind, names in kinds.items()))
+    return f"  catalogue: {'; '.join(parts)}"
 
 
 def _side_effect_lines(effects: list[SideEffect]) -> list[str]:
