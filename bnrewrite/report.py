@@ -190,14 +190,16 @@ class RewriteReport:
 def training_bn_lines(rescue: dict[str, Any] | None) -> list[str]:
     """The --training-bn policy, the moving statistics each rescued batch norm now uses,
     and a warning naming how many stay in training mode (rescue.Rescue as a dict)."""
-    if rescue is None:
-        return []
+    if rescue is None or not (rescue["rescued"] or rescue["kept"]):
+        return []  # nothing in training mode: the policy did nothing to tell (JSON still names it)
     lines = [f"  --training-bn {rescue['policy']}"]
     lines.extend(f"  {bn}: inference mode with its moving statistics {used['mean']}, {used['variance']}"
                  for bn, used in rescue["rescued"].items())
     if rescue["kept"]:
         what = "would make rewrite fail" if rescue["policy"] == "error" else "kept in training mode"
-        hint = "" if rescue["policy"] == "moving-stats" else "; --training-bn moving-stats rescues those with moving statistics"
+        hint = "" if not rescue["rescuable"] else (
+            f"; {len(rescue['rescuable'])} of them have moving statistics wired in, which --training-bn "
+            "moving-stats would use to fold them")
         lines.append(f"  warning: {len(rescue['kept'])} training-mode batch norms {what} (first {rescue['kept'][0]}): "
                      f"their outputs depend on the batch{hint}")
     return lines

@@ -34,6 +34,7 @@ class Rescue:
     policy: str
     rescued: dict[str, dict[str, str]] = field(default_factory=dict)  # output -> role -> Const used
     kept: list[str] = field(default_factory=list)  # left in training mode, topological order
+    rescuable: list[str] = field(default_factory=list)  # kept, but moving-stats would rescue them
 
 
 def rescue(graph: Any, policy: str) -> tuple[Any, Rescue]:
@@ -42,15 +43,16 @@ def rescue(graph: Any, policy: str) -> tuple[Any, Rescue]:
     if policy not in POLICIES:
         raise TrainingModeError(f"--training-bn wants one of {', '.join(POLICIES)}, got '{policy}'")
     outcome = Rescue(policy)
-    if policy != "moving-stats":
-        return graph, outcome
+    if not any(node.op in FUSED_FORMS and "is_training" in node.attr and node.attr["is_training"].b
+               for node in graph.node):
+        return graph, outcome  # no fused op in training mode: skip finding every batch norm again
     index = GraphIndex(graph)
-    for finding in find_batch_norms(index):
-        used = _moving_statistics(index, finding) if finding.training else None
-        if used is not None:
-            outcome.rescued[finding.output] = used
-    if not outcome.rescued:
+    found = {finding.output: used for finding in find_batch_norms(index)
+             if finding.training and (used := _moving_statistics(index, finding)) is not None}
+    if policy != "moving-stats" or not found:
+        outcome.rescuable = list(found)
         return graph, outcome
+    outcome.rescued = found
     result = graphio.to_internal(graph)
     for node in result.node:
         if node.name in outcome.rescued:

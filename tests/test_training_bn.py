@@ -44,6 +44,7 @@ def test_moving_stats_folds_and_equals_the_original_in_inference_mode():
     (bn,) = report.batch_norms
     assert (bn.action, bn.training, bn.host_node) == ("fold", False, "conv1/Conv2D")
     assert report.training_bn == {"policy": "moving-stats", "kept": [],
+                                  "rescuable": [],
                                   "rescued": {BN: {"mean": "bn/moving_mean", "variance": "bn/moving_variance"}}}
     ops = Counter(n.op for n in rewritten.node)
     assert ops["FusedBatchNormV3"] == 0 and ops["BiasAdd"] == 1
@@ -67,8 +68,9 @@ def test_keep_is_the_default_and_warns():
     kept, report = bnrewrite.rewrite(original, training_bn="keep")
     assert kept.SerializeToString() == default.SerializeToString()
     assert [n for n in kept.node if n.name == BN] == [n for n in original.node if n.name == BN]
-    assert report.training_bn == {"policy": "keep", "rescued": {}, "kept": [BN]}
-    assert (f"warning: 1 training-mode batch norms kept in training mode (first {BN})"
+    assert report.training_bn == {"policy": "keep", "rescued": {}, "kept": [BN], "rescuable": [BN]}
+    assert (f"warning: 1 training-mode batch norms kept in training mode (first {BN}): their outputs depend "
+            "on the batch; 1 of them have moving statistics wired in, which --training-bn moving-stats would use"
             in report.to_text())
 
 
@@ -114,7 +116,8 @@ def test_tfpose_keep_and_moving_stats_leave_the_39_unchanged_and_warn(realgraphs
     rewritten, report = bnrewrite.rewrite(original, training_bn=policy)
     assert rewritten.SerializeToString() == default.SerializeToString()
     kept = report.training_bn["kept"]
-    assert len(kept) == 39 and kept[0] == TFPOSE_FIRST and report.training_bn["rescued"] == {}
+    assert len(kept) == 39 and kept[0] == TFPOSE_FIRST
+    assert report.training_bn["rescued"] == {} and report.training_bn["rescuable"] == []  # empty mean/variance
     before = {n.name: n for n in original.node}
     after = {n.name: n for n in rewritten.node}
     assert all(after[name] == before[name] and after[name].attr["is_training"].b for name in kept)
