@@ -26,11 +26,12 @@ from .index import GraphIndex
 from .verify import Options as VerifyOptions
 from .verify import Verification
 from .report import AuditReport, BatchNormEntry, GraphInfo, RewriteReport, entry
+from .rescue import TrainingModeError
 
 __all__ = [
     "AuditReport", "BatchNormEntry", "BnRewriteError", "CannotVerifyError", "GraphInfo", "GraphLoadError",
     "GraphRunError",
-    "InvalidGraphError", "RewriteReport", "UnsafeGraphError", "Verification", "VerificationError",
+    "InvalidGraphError", "RewriteReport", "TrainingModeError", "UnsafeGraphError", "Verification", "VerificationError",
     "VerifyMemoryLimit", "VerifyOptions", "VerifyTimeout", "audit", "load_graph", "rewrite", "save_graph", "verify",
 ]
 __version__ = "0.1.0"

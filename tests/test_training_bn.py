@@ -9,7 +9,7 @@ import pytest
 
 import bnrewrite
 from bnrewrite import cli
-from bnrewrite.rescue import TrainingModeError
+from bnrewrite import TrainingModeError
 from bnrewrite.verify import Options, make_feeds, run
 from conftest import fixture_path
 
