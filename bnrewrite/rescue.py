@@ -61,15 +61,15 @@ def rescue(graph: Any, policy: str) -> tuple[Any, Rescue]:
 
 
 def _moving_statistics(index: GraphIndex, finding: Finding) -> dict[str, str] | None:
-    """The Const nodes holding a fused op's mean and variance, when both are non-empty
-    and only its output 0 is read."""
+    """The Const nodes holding a fused op's mean and variance, when both hold one value per
+    channel and only its output 0 is read."""
     if finding.form not in FUSED_FORMS or finding.statistics != "fused" or index.used_outputs(finding.output) - {0}:
         return None
     used = {}
     for role in STATISTICS:
         value = index.const_value(finding.inputs[role]) if role in finding.inputs else None
-        if value is None or value.value.size == 0:
-            return None
+        if value is None or value.value.size != finding.channels:
+            return None  # absent, empty (tfpose's), or not one per channel: no moving statistics
         used[role] = value.chain[-1]
     return used
 

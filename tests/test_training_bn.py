@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import bnrewrite
-from bnrewrite import cli
-from bnrewrite import TrainingModeError
+from bnrewrite import TrainingModeError, cli
+from bnrewrite.tensors import to_proto
 from bnrewrite.verify import Options, make_feeds, run
 from conftest import fixture_path
 
@@ -97,6 +97,16 @@ def test_a_fused_op_whose_batch_statistics_are_read_is_not_rescued():
     _, report = bnrewrite.rewrite(graph, training_bn="moving-stats")
     assert report.training_bn["rescued"] == {} and report.training_bn["kept"] == [BN]
     assert report.batch_norms[0].action == "skip"
+
+
+def test_statistics_that_are_not_one_per_channel_are_not_used():
+    original = bnrewrite.load_graph(fixture_path(MOVING))
+    graph = type(original)()
+    graph.CopyFrom(original)
+    (mean,) = [n for n in graph.node if n.name == "bn/moving_mean"]
+    mean.attr["value"].tensor.CopyFrom(to_proto(np.zeros(3, np.float32)))
+    _, report = bnrewrite.rewrite(graph, training_bn="moving-stats")
+    assert report.training_bn["rescued"] == {} and report.training_bn["kept"] == [BN]
 
 
 def test_tfpose_error_exits_2_naming_the_first_of_the_39(realgraphs, tmp_path, capsys):
