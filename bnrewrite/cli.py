@@ -127,9 +127,9 @@ def _set_flags(cmd: argparse.ArgumentParser) -> None:
                      help="make every PlaceholderWithDefault its default value, as --set does")
     cmd.add_argument("--training-bn", choices=POLICIES, default="keep",
                      help="training-mode batch norms: keep them in training mode with a warning (default), "
-                          "error (exit 2) if one would remain, or moving-stats: run those whose moving "
-                          "statistics are wired in in inference mode and fold them (verified against the "
-                          "original in inference mode)")
+                          "error (exit 2) if one would remain, or moving-stats: a fused one whose moving "
+                          "statistics are wired in runs in inference mode with them and folds (verified "
+                          "against the original in inference mode)")
 
 
 def _setting(args: argparse.Namespace) -> dict[str, Any]:

@@ -76,7 +76,7 @@ class AuditReport:
     probe: list[dict[str, Any]] | None = None  # audit --probe: batch dependence per output
     side_effects: list[SideEffect] = field(default_factory=list)
     trusted: list[str] | None = None  # audit --probe --trust-graph: side-effect ops run unchecked
-    training_bn: dict[str, Any] | None = None  # rescue.Rescue as a dict: policy, rescued, kept
+    training_bn: dict[str, Any] | None = None  # rescue.Rescue as a dict: policy, rescued, kept, rescuable
 
     def summary(self) -> dict[str, int]:
         """Counts; a plain affine (form "affine") is not a batch norm, but its action counts."""
@@ -116,7 +116,7 @@ class AuditReport:
         lines.extend(f"  {e.output}: {b['with_set']}" for e in self.batch_norms
                      for b in e.branches.values() if "with_set" in b)
         lines.extend(_side_effect_lines(self.side_effects))
-        lines.extend(training_bn_lines(self.training_bn))
+        lines.extend(_training_bn_lines(self.training_bn))
         for p in self.probe or ():
             lines.append(f"  probe: {p['name']} moves by up to {p['max_abs']:.3g} ({p['max_rel']:.3g} of its "
                          f"scale) when a sample runs alone instead of in a batch of {p['batch']}")
@@ -137,7 +137,7 @@ class RewriteReport:
     control_edges_dropped: list[str] = field(default_factory=list)  # "^read -> consumer"
     phase: dict[str, Any] | None = None  # --set / --set-defaults: phase.Resolution as a dict
     target: str = "tf2"  # where the result is going: what unfolded batch norms became
-    training_bn: dict[str, Any] | None = None  # rescue.Rescue as a dict: policy, rescued, kept
+    training_bn: dict[str, Any] | None = None  # rescue.Rescue as a dict: policy, rescued, kept, rescuable
 
     def op_changes(self) -> dict[str, tuple[int, int]]:
         """Op type -> (count before, count after), for the types whose count changed."""
@@ -187,7 +187,7 @@ class RewriteReport:
         return "\n".join(lines)
 
 
-def training_bn_lines(rescue: dict[str, Any] | None) -> list[str]:
+def _training_bn_lines(rescue: dict[str, Any] | None) -> list[str]:
     """The --training-bn policy, the moving statistics each rescued batch norm now uses,
     and a warning naming how many stay in training mode (rescue.Rescue as a dict)."""
     if rescue is None or not (rescue["rescued"] or rescue["kept"]):
