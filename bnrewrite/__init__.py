@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import graphio, names, phase, safety, tensors, validate
+from . import graphio, names, phase, registry, rescue, safety, tensors, validate
 from . import rewrite as _rewrite
 from . import verify as _verify
 from .errors import (BnRewriteError, CannotVerifyError, GraphLoadError, GraphRunError, InvalidGraphError,
@@ -26,40 +26,45 @@ from .index import GraphIndex
 from .verify import Options as VerifyOptions
 from .verify import Verification
 from .report import AuditReport, BatchNormEntry, GraphInfo, RewriteReport, entry
+from .rescue import TrainingModeError
 
 __all__ = [
     "AuditReport", "BatchNormEntry", "BnRewriteError", "CannotVerifyError", "GraphInfo", "GraphLoadError",
     "GraphRunError",
-    "InvalidGraphError", "RewriteReport", "UnsafeGraphError", "Verification", "VerificationError",
+    "InvalidGraphError", "RewriteReport", "TrainingModeError", "UnsafeGraphError", "Verification", "VerificationError",
     "VerifyMemoryLimit", "VerifyOptions", "VerifyTimeout", "audit", "load_graph", "rewrite", "save_graph", "verify",
 ]
 __version__ = "0.1.0"
 
 
 def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = (),
-          set_values: Mapping[str, Any] | None = None, set_defaults: bool = False) -> AuditReport:
+          set_values: Mapping[str, Any] | None = None, set_defaults: bool = False,
+          training_bn: str = "keep") -> AuditReport:
     """Every batch norm in `graph_def`, its form and parameters, and what the rewrite
-    (given the same `outputs`, `set_values` and `set_defaults`) will do with it and why;
-    and the ops with side effects that verification would refuse to run. `path` only
-    labels the report and error messages."""
+    (given the same `outputs`, `set_values`, `set_defaults` and `training_bn`) will do with
+    it and why; and the ops with side effects that verification would refuse to run.
+    `path` only labels the report and error messages."""
     with _boundary(path):
         graph = graphio.as_internal(graph_def)
         index = validate.check(graph, path, outputs)
+        graph, rescued = rescue.rescue(graph, training_bn)
         graph, resolution = _resolved(graph, outputs, set_values, set_defaults)
-        if resolution is not None:
+        if resolution is not None or rescued.rescued:
             index = validate.check(graph, path, outputs)
         info = _info(graph, index, path)
         _, decisions, _ = _rewrite.planned(graph, index, "fold", _fetched(info, outputs))
         entries = [entry(decision) for decision in decisions]
         if any(e.branches for e in entries):
             _what_set_does(graph, entries, outputs)
-        return AuditReport(info, entries, side_effects=safety.side_effects(graph, list(outputs) or info.outputs))
+        rescued.kept = [e.output for e in entries if e.training]
+        return AuditReport(info, entries, side_effects=safety.side_effects(graph, list(outputs) or info.outputs),
+                           catalogue=registry.listing(), training_bn=asdict(rescued))
 
 
 def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
             path: str | None = None, verify: "VerifyOptions | None" = None,
             set_values: Mapping[str, Any] | None = None, set_defaults: bool = False,
-            target: str = "tf2") -> tuple[Any, RewriteReport]:
+            target: str = "tf2", training_bn: str = "keep") -> tuple[Any, RewriteReport]:
     """Fold every foldable inference batch norm into its host (`mode="fold"`) or only
     replace each (`mode="fuse"`) by what `target` loads: `tf2` FusedBatchNormV3, `tf1`
     FusedBatchNorm, `tflite` and `onnx` what their converters map (plan.TARGETS).
@@ -68,9 +73,13 @@ def rewrite(graph_def: Any, mode: str = "fold", outputs: Sequence[str] = (),
     placeholders constants and resolves the conds they decide, `set_defaults` every
     PlaceholderWithDefault (phase.py). With `verify` (needs TensorFlow) both graphs are
     run, the original fed the values set, and VerificationError is raised unless every
-    output matches."""
+    output matches. `training_bn` (rescue.py): `keep` training-mode batch norms as they
+    are (the report warns), `error` (TrainingModeError) if one would remain, or
+    `moving-stats`: run those with moving statistics in inference mode, then fold them;
+    verification then compares with the original in inference mode for those."""
     with _boundary(path):
-        return _rewrite_graph(graph_def, mode, outputs, path, verify, set_values, set_defaults, target)
+        return _rewrite_graph(graph_def, mode, outputs, path, verify, set_values, set_defaults, target,
+                              training_bn)
 
 
 def _resolved(graph: Any, outputs: Sequence[str], set_values: Mapping[str, Any] | None,
@@ -105,24 +114,27 @@ def _what_set_does(graph: Any, entries: list[BatchNormEntry], outputs: Sequence[
 
 def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str | None,
                    verify: VerifyOptions | None, set_values: Mapping[str, Any] | None = None,
-                   set_defaults: bool = False, target: str = "tf2") -> tuple[Any, RewriteReport]:
+                   set_defaults: bool = False, target: str = "tf2",
+                   training_bn: str = "keep") -> tuple[Any, RewriteReport]:
     original = graphio.as_internal(graph_def)  # read only: the rewrite builds a new graph
     index = validate.check(original, path, outputs)
     info = _info(original, index, path)
-    graph, resolution = _resolved(original, outputs, set_values, set_defaults)
-    if resolution is not None:
+    reference, rescued = rescue.rescue(original, training_bn)  # the original, in inference mode where rescued
+    graph, resolution = _resolved(reference, outputs, set_values, set_defaults)
+    if resolution is not None or rescued.rescued:
         index = validate.check(graph, path, outputs)
     left = _info(graph, index, path) if resolution else info  # the outputs the resolved graph keeps
     ops_before = Counter(node.op for node in original.node)
     protected = _fetched(left, outputs)
     result, decisions, dropped = _rewrite.planned(graph, index, mode, protected, target)
+    rescue.settle(rescued, [d.finding.output for d in decisions if d.finding.training], path)
     problems = validate.structural(result, outputs)
     if problems:
         raise RuntimeError(f"internal error: the rewrite produced an invalid graph: {problems[0]}")
     report = RewriteReport(info, mode, [entry(d) for d in decisions], len(result.node),
                            dict(sorted(ops_before.items())),
                            dict(sorted(Counter(node.op for node in result.node).items())),
-                           control_edges_dropped=dropped, target=target)
+                           control_edges_dropped=dropped, target=target, training_bn=asdict(rescued))
     if resolution is not None:
         report.phase = {**asdict(resolution), "summary": resolution.describe()}
     if verify is not None:
@@ -131,7 +143,7 @@ def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str 
             options = replace(options, outputs=options.outputs or tuple(left.outputs),
                               values={**resolution.values, **options.values})
         trace = [d.finding.output for d in decisions]
-        checked = _verify.verify(graph_def, result, options, trace=trace)
+        checked = _verify.verify(reference if rescued.rescued else graph_def, result, options, trace=trace)
         report.verification = asdict(checked)
         for name in resolution.values if resolution else ():
             report.verification["shape_sources"][name] = "set (--set): fed to the original, a constant in the rewrite"

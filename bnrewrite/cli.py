@@ -12,9 +12,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import __version__, load_graph, rewrite, save_graph, tfrun, verify, zoo
+from . import __version__, load_graph, registry, rewrite, save_graph, tfrun, verify, zoo
 from .errors import BnRewriteError, CannotVerifyError
 from .plan import TARGETS
+from .rescue import POLICIES
 from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, exit_code, to_json, verification_lines
 from .verify import BASE_TIMEOUT, DEFAULT_BATCH, TIMEOUT_PER_NODE, Options
 
@@ -30,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed usage or help
         return EXIT_BAD_INPUT if exc.code else EXIT_OK
     try:
+        registry.listing()  # a broken plugin is one line before any work, not one per graph
         return args.run(args)
     except BnRewriteError as error:
         return _complain(error)
@@ -124,11 +126,16 @@ def _set_flags(cmd: argparse.ArgumentParser) -> None:
                           "and resolve the tf.conds it decides (verification feeds it to the original)")
     cmd.add_argument("--set-defaults", action="store_true",
                      help="make every PlaceholderWithDefault its default value, as --set does")
+    cmd.add_argument("--training-bn", choices=POLICIES, default="keep",
+                     help="training-mode batch norms: keep them in training mode with a warning (default), "
+                          "error (exit 2) if one would remain, or moving-stats: a fused one whose moving "
+                          "statistics are wired in runs in inference mode with them and folds (verified "
+                          "against the original in inference mode)")
 
 
 def _setting(args: argparse.Namespace) -> dict[str, Any]:
     return {"set_values": dict(_split(spec, "--set") for spec in args.set_values),
-            "set_defaults": args.set_defaults}
+            "set_defaults": args.set_defaults, "training_bn": args.training_bn}
 
 
 def _jobs_flag(cmd: argparse.ArgumentParser) -> None:

@@ -178,9 +178,10 @@ def _from_chain(chain: Chain) -> Finding:
                    variant, chain=chain)
 
 
-# Ops a host's bias add can read: hosts.py takes one constant bias anywhere between the
-# host (or a grouped host's ConcatV2) and the batch norm, through its links.
-_BIASED = frozenset(HOSTS) | frozenset(LINKS) | {"ConcatV2"}
+def _biased(node_op: str | None) -> bool:
+    """Ops a host's bias add can read: hosts.py takes one constant bias anywhere between the
+    host (or a grouped host's ConcatV2) and the batch norm, through its links."""
+    return node_op is not None and (node_op in HOSTS or node_op in LINKS or node_op == "ConcatV2")
 
 
 def _host_bias(index: GraphIndex, node: str) -> bool:
@@ -190,7 +191,7 @@ def _host_bias(index: GraphIndex, node: str) -> bool:
     if index.nodes[node].op not in BIAS_OPS:
         return False
     inputs = index.data_inputs(node)
-    return any(getattr(index.node(index.skip_passthrough(t, EDGE_PASSTHROUGH)[0]), "op", None) in _BIASED
+    return any(_biased(getattr(index.node(index.skip_passthrough(t, EDGE_PASSTHROUGH)[0]), "op", None))
                for t in inputs) and any(index.const_value(t) is not None for t in inputs)  # a Const("bias")
 
 

@@ -11,11 +11,12 @@ grouped convolution) is a host made of parts, each scaled by its slice of the sc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import names
+from . import names, registry
 from .errors import InvalidGraphError
 from .fold_math import channel_layout
 from .index import PASSTHROUGH, ConstValue, GraphIndex
@@ -34,17 +35,32 @@ class Host:
     spatial_axes: tuple[int, ...] = ()  # kernel axes: a window wider than 1 can see padding
 
 
-HOSTS = {
-    host.op: host
-    for host in (
-        Host("Conv2D", 1, 2, (3,), 4, input_axis=2, spatial_axes=(0, 1)),
-        # channel = in * multiplier + m; input channel c meets weights[:, :, c, :]
-        Host("DepthwiseConv2dNative", 1, 2, (2, 3), 4, input_axis=2, spatial_axes=(0, 1)),
-        Host("MatMul", 1, 2, (1,), 2, layout_attr=None, transposed_by="transpose_b", input_axis=0),
-        Host("Conv2DBackpropInput", 1, 3, (2,), 4),  # inputs: sizes, filter, out_backprop
-        Host("Conv3D", 1, 2, (4,), 5, input_axis=3, spatial_axes=(0, 1, 2)),
-    )
-}
+# The core's hosts, registered like a plugin's (registry.py, pyproject.toml).
+CORE_HOSTS = (
+    Host("Conv2D", 1, 2, (3,), 4, input_axis=2, spatial_axes=(0, 1)),
+    # channel = in * multiplier + m; input channel c meets weights[:, :, c, :]
+    Host("DepthwiseConv2dNative", 1, 2, (2, 3), 4, input_axis=2, spatial_axes=(0, 1)),
+    Host("MatMul", 1, 2, (1,), 2, layout_attr=None, transposed_by="transpose_b", input_axis=0),
+    Host("Conv2DBackpropInput", 1, 3, (2,), 4),  # inputs: sizes, filter, out_backprop
+    Host("Conv3D", 1, 2, (4,), 5, input_axis=3, spatial_axes=(0, 1, 2)),
+)
+
+
+class _Registered(Mapping[str, Host]):
+    """The registered hosts by op (registry.hosts()), read on first use: importing this
+    module must not load plugins, which may import it."""
+
+    def __getitem__(self, op: str) -> Host:
+        return registry.hosts()[op]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.hosts())
+
+    def __len__(self) -> int:
+        return len(registry.hosts())
+
+
+HOSTS: Mapping[str, Host] = _Registered()
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,8 @@ class AuditReport:
     probe: list[dict[str, Any]] | None = None  # audit --probe: batch dependence per output
     side_effects: list[SideEffect] = field(default_factory=list)
     trusted: list[str] | None = None  # audit --probe --trust-graph: side-effect ops run unchecked
+    catalogue: list[dict[str, Any]] | None = None  # registry.listing(): the variants and hosts looked for
+    training_bn: dict[str, Any] | None = None  # rescue.Rescue as a dict: policy, rescued, kept, rescuable
 
     def summary(self) -> dict[str, int]:
         """Counts; a plain affine (form "affine") is not a batch norm, but its action counts."""
@@ -89,9 +91,13 @@ class AuditReport:
         data = {"graph": asdict(self.graph), "summary": self.summary(),
                 "batch_norms": [asdict(entry) for entry in self.batch_norms],
                 "side_effects": [asdict(effect) for effect in self.side_effects]}
+        if self.training_bn is not None:
+            data["training_bn"] = self.training_bn
         if self.probe is not None:
             data["probe"] = self.probe
             data["trusted"] = self.trusted
+        if self.catalogue is not None:
+            data["catalogue"] = self.catalogue
         return data
 
     def to_text(self) -> str:
@@ -113,11 +119,14 @@ class AuditReport:
         lines.extend(f"  {e.output}: {b['with_set']}" for e in self.batch_norms
                      for b in e.branches.values() if "with_set" in b)
         lines.extend(_side_effect_lines(self.side_effects))
+        lines.extend(_training_bn_lines(self.training_bn))
         for p in self.probe or ():
             lines.append(f"  probe: {p['name']} moves by up to {p['max_abs']:.3g} ({p['max_rel']:.3g} of its "
                          f"scale) when a sample runs alone instead of in a batch of {p['batch']}")
         if self.probe is not None and self.trusted is not None:
             lines.append(_trusted_line(self.trusted))
+        if self.catalogue is not None:
+            lines.append(_catalogue_line(self.catalogue))
         return "\n".join(lines)
 
 
@@ -133,6 +142,7 @@ class RewriteReport:
     control_edges_dropped: list[str] = field(default_factory=list)  # "^read -> consumer"
     phase: dict[str, Any] | None = None  # --set / --set-defaults: phase.Resolution as a dict
     target: str = "tf2"  # where the result is going: what unfolded batch norms became
+    training_bn: dict[str, Any] | None = None  # rescue.Rescue as a dict: policy, rescued, kept, rescuable
 
     def op_changes(self) -> dict[str, tuple[int, int]]:
         """Op type -> (count before, count after), for the types whose count changed."""
@@ -150,7 +160,7 @@ class RewriteReport:
         return data
 
     def to_text(self) -> str:
-        audit = AuditReport(self.graph, self.batch_norms).to_text().splitlines()
+        audit = AuditReport(self.graph, self.batch_norms, training_bn=self.training_bn).to_text().splitlines()
         s = self.summary()
         audit[3] = (f"  {s['batch_norms']} batch norms{_affine(s)}: {s['fold']} folded, {s['fuse']} fused, "
                     f"{s['skip']} left as they were ({s['training']} training mode)")
@@ -173,10 +183,31 @@ class RewriteReport:
             if self.phase is not None:
                 fed = ", ".join(f"{k}={str(v).lower()}" for k, v in self.phase["values"].items())
                 lines.append(f"    compared with the original graph fed {fed}")
+            if self.training_bn and self.training_bn["rescued"]:
+                lines.append(f"    compared with the original in inference mode for the "
+                             f"{len(self.training_bn['rescued'])} batch norms run with their moving statistics")
             lines.extend("    " + line for line in verification_lines(self.verification))
             if self.verification.get("trusted") is not None:
                 lines.append(_trusted_line(self.verification["trusted"]))
         return "\n".join(lines)
+
+
+def _training_bn_lines(rescue: dict[str, Any] | None) -> list[str]:
+    """The --training-bn policy, the moving statistics each rescued batch norm now uses,
+    and a warning naming how many stay in training mode (rescue.Rescue as a dict)."""
+    if rescue is None or not (rescue["rescued"] or rescue["kept"]):
+        return []  # nothing in training mode: the policy did nothing to tell (JSON still names it)
+    lines = [f"  --training-bn {rescue['policy']}"]
+    lines.extend(f"  {bn}: inference mode with its moving statistics {used['mean']}, {used['variance']}"
+                 for bn, used in rescue["rescued"].items())
+    if rescue["kept"]:
+        what = "would make rewrite fail" if rescue["policy"] == "error" else "kept in training mode"
+        hint = "" if not rescue["rescuable"] else (
+            f"; {len(rescue['rescuable'])} of them have moving statistics wired in, which --training-bn "
+            "moving-stats would use to fold them")
+        lines.append(f"  warning: {len(rescue['kept'])} training-mode batch norms {what} (first {rescue['kept'][0]}): "
+                     f"their outputs depend on the batch{hint}")
+    return lines
 
 
 def verification_lines(verification: dict[str, Any]) -> list[str]:
@@ -235,6 +266,20 @@ def to_json(reports: list[AuditReport]) -> str:
     """One object for one graph, a list for several (the audit CLI's promise)."""
     data: Any = [r.to_dict() for r in reports]
     return json.dumps(data[0] if len(data) == 1 else data, indent=1, sort_keys=True)
+
+
+def _catalogue_line(entries: list[dict[str, Any]]) -> str:
+    """The core's entries counted, a plugin's named: what a reader checks is that theirs loaded."""
+    by_source: dict[str, dict[str, list[str]]] = {}
+    for e in entries:
+        kinds = by_source.setdefault(e["distribution"], {})
+        kinds.setdefault(e["group"].rpartition(".")[2], []).extend(e["registers"])
+    parts = []
+    for source, kinds in by_source.items():
+        core = source.startswith("bnrewrite ")
+        parts.append(f"{source}: " + ", ".join(
+            f"{len(names)} {kind}" if core else f"{kind} {' '.join(names)}" for kind, names in kinds.items()))
+    return f"  catalogue: {'; '.join(parts)}"
 
 
 def _side_effect_lines(effects: list[SideEffect]) -> list[str]:

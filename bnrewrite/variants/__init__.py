@@ -13,7 +13,8 @@ scale * x + shift, reported as FORMULA (a batch norm: sqrt(variance + epsilon) u
 or AFFINE. The patterns name the forms people know and find those whose parameters are
 not constant (batch statistics, fed values).
 
-Adding a variant = one entry in a family file + a fixture in tools/make_fixtures.py.
+Adding a variant = one entry in a family file + a fixture in tools/make_fixtures.py; a new
+family is one entry point in pyproject.toml and registry.BUILTIN.
 """
 from __future__ import annotations
 
@@ -57,9 +58,10 @@ class Statistics:
 
 
 def catalogue() -> tuple[Variant, ...]:
-    """Every form, larger patterns first: where two overlap, the larger one wins."""
-    from . import decomposed, formula, fused, global_norm
-    return (*decomposed.VARIANTS, *formula.VARIANTS, *fused.VARIANTS, *global_norm.VARIANTS)
+    """Every registered form (registry.py: the core's families and any plugin's), larger
+    patterns first: where two overlap, the one listed first wins."""
+    from ..registry import variants
+    return variants()
 
 
 def statistics() -> tuple[Statistics, ...]:
