@@ -39,10 +39,10 @@ __version__ = "0.1.0"
 
 def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = (),
           set_values: Mapping[str, Any] | None = None, set_defaults: bool = False,
-          training_bn: str = "keep") -> AuditReport:
+          training_bn: str = "keep", target: str = "tf2") -> AuditReport:
     """Every batch norm in `graph_def`, its form and parameters, and what the rewrite
-    (given the same `outputs`, `set_values`, `set_defaults` and `training_bn`) will do with
-    it and why; and the ops with side effects that verification would refuse to run.
+    (given the same `outputs`, `set_values`, `set_defaults`, `training_bn` and `target`)
+    will do with it and why; and the ops with side effects that verification would refuse to run.
     `path` only labels the report and error messages."""
     with _boundary(path):
         graph = graphio.as_internal(graph_def)
@@ -52,7 +52,7 @@ def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = (),
         if resolution is not None or rescued.rescued:
             index = validate.check(graph, path, outputs)
         info = _info(graph, index, path)
-        _, decisions, _ = _rewrite.planned(graph, index, "fold", _fetched(info, outputs))
+        _, decisions, _ = _rewrite.planned(graph, index, "fold", _fetched(info, outputs), target)
         entries = [entry(decision) for decision in decisions]
         if any(e.branches for e in entries):
             _what_set_does(graph, entries, outputs)

@@ -77,10 +77,6 @@ def _parser() -> argparse.ArgumentParser:
                      help=".pb or .pbtxt to write (a folder when IN is one)")
     cmd.add_argument("--mode", choices=("fold", "fuse"), default="fold",
                      help="fold: into weights where possible (default); fuse: FusedBatchNormV3 only")
-    cmd.add_argument("--target", choices=tuple(TARGETS), default="tf2",
-                     help="what an unfolded batch norm becomes, so the result loads there: tf2 "
-                          "FusedBatchNormV3 (default), tf1 FusedBatchNorm, tflite and onnx what "
-                          "their converters map cleanly")
     cmd.add_argument("--in-place", action="store_true", help="allow OUT to be IN")
     cmd.add_argument("--no-verify", action="store_true", help="skip running both graphs in TensorFlow")
     cmd.add_argument("--format", choices=("text", "json"), default="text")
@@ -121,6 +117,11 @@ def _feed_flags(cmd: argparse.ArgumentParser) -> None:
 
 
 def _set_flags(cmd: argparse.ArgumentParser) -> None:
+    """What shapes the plan, so `audit` with the same flags says what `rewrite` does."""
+    cmd.add_argument("--target", choices=tuple(TARGETS), default="tf2",
+                     help="what an unfolded batch norm becomes, so the result loads there: tf2 "
+                          "FusedBatchNormV3 (default), tf1 FusedBatchNorm, tflite and onnx what "
+                          "their converters map cleanly")
     cmd.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="set_values",
                      help="make a placeholder a constant (bool, int or float), e.g. keras_learning_phase=0, "
                           "and resolve the tf.conds it decides (verification feeds it to the original)")
@@ -135,7 +136,7 @@ def _set_flags(cmd: argparse.ArgumentParser) -> None:
 
 def _setting(args: argparse.Namespace) -> dict[str, Any]:
     return {"set_values": dict(_split(spec, "--set") for spec in args.set_values),
-            "set_defaults": args.set_defaults, "training_bn": args.training_bn}
+            "set_defaults": args.set_defaults, "training_bn": args.training_bn, "target": args.target}
 
 
 def _jobs_flag(cmd: argparse.ArgumentParser) -> None:
@@ -217,8 +218,7 @@ def _rewrite(args: argparse.Namespace) -> int:
     options = None if args.no_verify else _options(args)
     _progress(args, "rewriting" + ("" if args.no_verify else " and verifying in TensorFlow"))
     try:
-        new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options, target=args.target,
-                                    **_setting(args))
+        new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options, **_setting(args))
     except CannotVerifyError as error:
         raise CannotVerifyError(f"{error.problem} (--no-verify skips the check)", error.path) from None
     save_graph(new_graph, target)
@@ -240,7 +240,7 @@ def _rewrite_folder(args: argparse.Namespace, source: Path, target: Path) -> int
         if isinstance(path, BnRewriteError):
             raise path
         tasks.append((zoo.rewrite_one, (path, target / path.relative_to(source), args.mode,
-                                        args.outputs, options, _setting(args), args.target)))
+                                        args.outputs, options, _setting(args))))
     outcomes = zoo.run(tasks, args.jobs, _show_progress(args), "rewriting")
     lines = []
     for outcome in outcomes:

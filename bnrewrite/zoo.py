@@ -54,7 +54,7 @@ def graph_files(models: Sequence[str], exclude: Path | None = None) -> list[Path
 def audit_one(path: Path | GraphLoadError, outputs: Sequence[str], probing: Options | None,
               setting: Mapping[str, Any] = {}) -> Outcome:
     """Audit one graph (and probe it in TensorFlow when `probing` is given); `setting`:
-    audit's set_values and set_defaults."""
+    audit's set_values, set_defaults, training_bn and target."""
     label = str(path.path if isinstance(path, GraphLoadError) else path)
     try:
         if isinstance(path, GraphLoadError):
@@ -70,13 +70,13 @@ def audit_one(path: Path | GraphLoadError, outputs: Sequence[str], probing: Opti
 
 
 def rewrite_one(source: Path, target: Path, mode: str, outputs: Sequence[str],
-                options: Options | None, setting: Mapping[str, Any] = {}, destination: str = "tf2") -> Outcome:
+                options: Options | None, setting: Mapping[str, Any] = {}) -> Outcome:
     """Rewrite (and verify, unless `options` is None) one graph; write `target` only if
-    it verified; `destination` is what the result loads in (plan.TARGETS). Parent folders
-    of `target` are made as needed."""
+    it verified; `setting`: rewrite's set_values, set_defaults, training_bn and target.
+    Parent folders of `target` are made as needed."""
     try:
         graph = load_graph(source)
-        new_graph, report = rewrite(graph, mode, outputs, str(source), options, target=destination, **setting)
+        new_graph, report = rewrite(graph, mode, outputs, str(source), options, **setting)
         target.parent.mkdir(parents=True, exist_ok=True)
         save_graph(new_graph, target)
         return Outcome(str(source), EXIT_OK, report, output=str(target))

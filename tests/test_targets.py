@@ -92,3 +92,23 @@ def test_cli_folder_rewrite_takes_the_target(tmp_path):
     ops = {node.op for node in bnrewrite.load_graph(tmp_path / "out" / "convert_legacy.pb").node}
     assert "FusedBatchNorm" in ops and not {"FusedBatchNormV2", "FusedBatchNormV3",
                                             "BatchNormWithGlobalNormalization"} & ops
+
+
+# V3 kept under tf2 but made V1 under tf1, and V1 fused under tf2 but kept under tf1.
+TARGET_DEPENDENT = {"trap_host_other_consumer_v3": {"tf2": "skip", "tf1": "fuse"},
+                    "fwd_trap_same_padding": {"tf2": "fuse", "tf1": "skip"}}
+
+
+@pytest.mark.parametrize("name", ["convert_legacy", *TARGET_DEPENDENT])
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_the_audit_for_a_target_says_what_its_rewrite_does(name, target, capsys):
+    """`audit --target T` plans for the same destination as `rewrite --target T`."""
+    graph = bnrewrite.load_graph(fixture_path(name))
+    said = [(e.output, e.action, e.reason) for e in bnrewrite.audit(graph, target=target).batch_norms]
+    _, report = _rewrite(name, target, verify=False)
+    assert said == [(e.output, e.action, e.reason) for e in report.batch_norms]
+    if target in TARGET_DEPENDENT.get(name, {}):
+        assert [action for _, action, _ in said] == [TARGET_DEPENDENT[name][target]]
+    assert main(["audit", str(fixture_path(name)), "--target", target, "--format", "json"]) == 0
+    assert [(e["output"], e["action"], e["reason"]) for e in json.loads(capsys.readouterr().out)["batch_norms"]] \
+        == said
