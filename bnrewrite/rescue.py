@@ -31,6 +31,7 @@ POLICIES = ("keep", "error", "moving-stats")
 FUSED_FORMS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 STATISTICS = ("mean", "variance")
 BATCH_STATISTICS = frozenset({"moments", "sufficient_statistics"})
+MOVING_NAMES = {"mean": "moving_mean", "variance": "moving_variance"}  # tf.layers / Keras names
 EMA_SUFFIX = "/ExponentialMovingAverage"  # ExponentialMovingAverage.apply names a shadow <op>/ExponentialMovingAverage
 
 
@@ -47,13 +48,13 @@ class Rescue:
 
 
 def rescue(graph: Any, policy: str) -> tuple[Any, Rescue]:
-    """With `moving-stats`, a copy of `graph` in which every training-mode fused batch norm
-    that has moving statistics runs in inference mode; else `graph` itself."""
+    """With `moving-stats`, a copy of `graph` in which every training-mode batch norm that
+    has moving statistics runs in inference mode with them; else `graph` itself."""
     if policy not in POLICIES:
         raise TrainingModeError(f"--training-bn wants one of {', '.join(POLICIES)}, got '{policy}'")
     outcome = Rescue(policy)
-    if not any(_maybe_training(node) for node in graph.node):
-        return graph, outcome  # nothing in training mode: skip finding every batch norm again
+    if not _worth_looking(graph):
+        return graph, outcome  # skip finding every batch norm again
     index = GraphIndex(graph)
     consts = [name for name in index.order if index.nodes[name].op == "Const"]
     found = {finding.output: (finding, used) for finding in find_batch_norms(index)
@@ -77,10 +78,19 @@ def rescue(graph: Any, policy: str) -> tuple[Any, Rescue]:
     return result, outcome
 
 
-def _maybe_training(node: Any) -> bool:
+def _worth_looking(graph: Any) -> bool:
     """A fused op in training mode, or a Mean (tf.nn.moments and TF 1.0's
-    sufficient_statistics both reduce with one)."""
-    return node.op == "Mean" or (node.op in FUSED_FORMS and "is_training" in node.attr and node.attr["is_training"].b)
+    sufficient_statistics both reduce with one) next to a Const named like a moving
+    statistic: else there is nothing to rescue or to report as rescuable."""
+    if any(node.op in FUSED_FORMS and "is_training" in node.attr and node.attr["is_training"].b for node in graph.node):
+        return True
+    return any(node.op == "Mean" for node in graph.node) and any(
+        node.op == "Const" and (node.name.endswith(EMA_SUFFIX) or _last(node.name) in MOVING_NAMES.values())
+        for node in graph.node)
+
+
+def _last(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
 
 
 def _moving_statistics(index: GraphIndex, finding: Finding, consts: Sequence[str]) -> dict[str, str] | None:
@@ -113,7 +123,7 @@ def _shadow_statistics(index: GraphIndex, finding: Finding, consts: Sequence[str
     for role in STATISTICS:
         shadow = names.node_of(finding.inputs[role]) + EMA_SUFFIX
         candidates = [name for name in consts if name.startswith(scope) and
-                      (name == shadow or name.rsplit("/", 1)[-1] == f"moving_{role}")]
+                      (name == shadow or _last(name) == MOVING_NAMES[role])]
         value = index.const_value(candidates[0]) if len(candidates) == 1 else None
         if value is None or value.value.dtype.kind != "f" or value.value.shape != (finding.channels,):
             return None  # none, ambiguous, or not one float per channel: leave it in training mode

@@ -210,3 +210,16 @@ def test_moments_without_one_clear_candidate_per_statistic_are_not_rescued(spoil
     assert report.training_bn["rescued"] == {} and report.training_bn["kept"] == [EMA_BN]
     assert report.batch_norms[0].training and report.batch_norms[0].action == "fuse"
     assert Counter(n.op for n in rewritten.node)["FusedBatchNormV3"] == 1
+
+
+def test_moments_with_layer_named_moving_statistics_are_rescued_with_them():
+    """tf.layers/Keras name them <scope>/moving_mean and <scope>/moving_variance."""
+    graph = bnrewrite.load_graph(fixture_path(EMA))
+    renamed = {"mean": "bn/moving_mean", "variance": "bn/moving_variance"}
+    for role, name in renamed.items():
+        (node,) = [n for n in graph.node if n.name == SHADOWS[role]]
+        node.name = name
+    rewritten, report = bnrewrite.rewrite(graph, training_bn="moving-stats", verify=Options())
+    assert report.training_bn["rescued"] == {EMA_BN: renamed}
+    assert report.batch_norms[0].action == "fold" and report.verification["outputs"][0]["passed"]
+    assert Counter(n.op for n in rewritten.node)["Mean"] == 0
