@@ -2,6 +2,7 @@
 refused, or run with their moving statistics and folded (rescue.py)."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 import bnrewrite
 from bnrewrite import TrainingModeError, cli
-from bnrewrite.tensors import to_proto
+from bnrewrite.tensors import to_numpy, to_proto
 from bnrewrite.verify import Options, make_feeds, run
 from conftest import fixture_path
 
@@ -132,3 +133,93 @@ def test_tfpose_keep_and_moving_stats_leave_the_39_unchanged_and_warn(realgraphs
     after = {n.name: n for n in rewritten.node}
     assert all(after[name] == before[name] and after[name].attr["is_training"].b for name in kept)
     assert f"warning: 39 training-mode batch norms kept in training mode (first {TFPOSE_FIRST})" in report.to_text()
+
+
+EMA = "train_moments_ema"
+EMA_BN = "bn/batchnorm/add_1"
+SHADOWS = {"mean": "bn/moments/Squeeze/ExponentialMovingAverage",
+           "variance": "bn/moments/Squeeze_1/ExponentialMovingAverage"}
+
+
+def const_values(graph, name):
+    (node,) = [n for n in graph.node if n.name == name]
+    return to_numpy(node.attr["value"].tensor)
+
+
+def test_moments_with_ema_shadows_fold_and_equal_the_original_with_them_substituted():
+    original = bnrewrite.load_graph(fixture_path(EMA))
+    before = original.SerializeToString()
+    rewritten, report = bnrewrite.rewrite(original, training_bn="moving-stats", verify=Options())
+    assert original.SerializeToString() == before
+    (bn,) = report.batch_norms
+    assert (bn.action, bn.training, bn.host_node) == ("fold", False, "conv1/Conv2D")
+    assert report.training_bn == {"policy": "moving-stats", "kept": [], "rescuable": [],
+                                  "rescued": {EMA_BN: SHADOWS}}
+    assert f"{EMA_BN}: inference mode with its moving statistics {SHADOWS['mean']}, {SHADOWS['variance']}" \
+        in report.to_text()
+    ops = Counter(n.op for n in rewritten.node)
+    assert ops["Mean"] == ops["Squeeze"] == ops["Rsqrt"] == 0 and ops["BiasAdd"] == 1  # no batch statistics left
+    assert report.verification["outputs"][0]["passed"]
+
+    # The reference by hand: the normalisation formula on TensorFlow's conv output, with
+    # the shadows in place of the batch's statistics.
+    expected = json.loads(fixture_path(EMA).with_suffix(".expected.json").read_text())["batch_norms"][0]
+    feeds = make_feeds(original, Options(seed=11))
+    conv, training = run(original, feeds, ["conv1/Conv2D", "out"])
+    mean, variance = (const_values(original, SHADOWS[role]).astype(np.float64) for role in ("mean", "variance"))
+    gamma, beta = np.asarray(expected["gamma"]), np.asarray(expected["beta"])
+    reference = np.maximum(gamma * (conv - mean) / np.sqrt(variance + expected["epsilon"]) + beta, 0)
+    (got,) = run(rewritten, feeds, ["out"])
+    scale = np.abs(reference).max()
+    assert np.abs(got - reference).max() <= 1e-5 * scale
+    assert np.abs(training - reference).max() > 0.1 * scale  # the shadows are not the batch's statistics
+
+
+def test_moments_with_ema_shadows_are_reported_rescuable_under_keep():
+    _, report = bnrewrite.rewrite(bnrewrite.load_graph(fixture_path(EMA)))
+    assert report.training_bn == {"policy": "keep", "rescued": {}, "kept": [EMA_BN], "rescuable": [EMA_BN]}
+
+
+def _ambiguous_mean(graph):
+    """A second mean candidate in the scope, one per channel like the shadow: which is meant is unknowable."""
+    graph.node.add().CopyFrom([n for n in graph.node if n.name == SHADOWS["mean"]][0])
+    graph.node[-1].name = "bn/moving_mean"
+
+
+def _wrong_channel_count(graph):
+    (node,) = [n for n in graph.node if n.name == SHADOWS["variance"]]
+    node.attr["value"].tensor.CopyFrom(to_proto(np.ones(9, np.float32)))
+
+
+def _integer_shadow(graph):
+    (node,) = [n for n in graph.node if n.name == SHADOWS["variance"]]
+    node.attr["dtype"].type = 3
+    node.attr["value"].tensor.CopyFrom(to_proto(np.ones(10, np.int32)))
+
+
+def _outside_the_scope(graph):
+    (node,) = [n for n in graph.node if n.name == SHADOWS["mean"]]
+    node.name = "other/moments/Squeeze/ExponentialMovingAverage"
+
+
+@pytest.mark.parametrize("spoil", [_ambiguous_mean, _wrong_channel_count, _integer_shadow, _outside_the_scope])
+def test_moments_without_one_clear_candidate_per_statistic_are_not_rescued(spoil):
+    graph = bnrewrite.load_graph(fixture_path(EMA))
+    spoil(graph)
+    rewritten, report = bnrewrite.rewrite(graph, training_bn="moving-stats")
+    assert report.training_bn["rescued"] == {} and report.training_bn["kept"] == [EMA_BN]
+    assert report.batch_norms[0].training and report.batch_norms[0].action == "fuse"
+    assert Counter(n.op for n in rewritten.node)["FusedBatchNormV3"] == 1
+
+
+def test_moments_with_layer_named_moving_statistics_are_rescued_with_them():
+    """tf.layers/Keras name them <scope>/moving_mean and <scope>/moving_variance."""
+    graph = bnrewrite.load_graph(fixture_path(EMA))
+    renamed = {"mean": "bn/moving_mean", "variance": "bn/moving_variance"}
+    for role, name in renamed.items():
+        (node,) = [n for n in graph.node if n.name == SHADOWS[role]]
+        node.name = name
+    rewritten, report = bnrewrite.rewrite(graph, training_bn="moving-stats", verify=Options())
+    assert report.training_bn["rescued"] == {EMA_BN: renamed}
+    assert report.batch_norms[0].action == "fold" and report.verification["outputs"][0]["passed"]
+    assert Counter(n.op for n in rewritten.node)["Mean"] == 0

@@ -79,6 +79,7 @@ class Fixture:
         self.rng = np.random.default_rng(zlib.crc32(name.encode()))
         self.inputs, self.outputs, self.batch_norms, self.probes = [], [], [], []
         self.extra_nodes = []       # hand-written NodeDefs appended after the TF-built ones
+        self.kept = []              # nodes read by nothing that freezing kept all the same
         self.producer = None        # int to override versions.producer, "absent" to drop versions
 
     # ----- leaves -------------------------------------------------------------------------
@@ -133,6 +134,10 @@ class Fixture:
             nd.attr[key].CopyFrom(_attr(value))
         self.extra_nodes.append(nd)
         return name
+
+    def keep(self, *tensors):
+        """Keep ``tensors`` though no output reads them (as EMA shadows survive freezing)."""
+        self.kept.extend(_node_name(t) for t in tensors)
 
     # ----- sidecar ------------------------------------------------------------------------
     def output(self, *tensors):
@@ -193,7 +198,7 @@ class Fixture:
     def graph_def(self):
         gd = self.graph.as_graph_def()
         gd.node.extend(self.extra_nodes)
-        gd = prune(gd, self.outputs)
+        gd = prune(gd, self.outputs + self.kept)
         if self.producer == "absent":
             gd.ClearField("versions")
         elif self.producer is not None:

@@ -233,6 +233,24 @@ case("train_moments_matmul_bn", "MatMul (rank 2) -> tf.nn.moments over [0] -> "
     functools.partial(moments_bn, channels=9, eps=2.7e-3, host="MatMul"))
 
 
+@case("train_moments_ema", "Conv2D -> tf.nn.moments over [0,1,2] -> tf.nn.batch_normalization, "
+      "with the ExponentialMovingAverage shadows of the batch mean and variance frozen as "
+      "Consts in the scope and read by nothing (the classic ConvolutionalBatchNormalizer "
+      "helper): training mode, fuse; --training-bn moving-stats folds it with the shadows.")
+def _(fx):
+    y = conv2d(fx, "conv1", fx.placeholder("x", [None, 6, 7, 3]), 10)
+    p = fx.bn_params(10)
+    t = fx.param_tensors("bn", p.without("mean", "variance"))
+    with tf.name_scope("bn"):
+        mean, var = tf.compat.v1.nn.moments(y, [0, 1, 2])
+        z = decomposed_bn(y, dict(t, mean=mean, variance=var), 3.65e-3)
+    for stat, value in ((mean, p.mean), (var, p.variance)):
+        fx.keep(fx.const(stat.op.name + "/ExponentialMovingAverage", value, read=False))
+    finish(fx, z)
+    fx.expect("batch_normalization", z, y, p.without("mean", "variance"), 3.65e-3, "Conv2D",
+              action="fuse", reason="training-mode", statistics="moments")
+
+
 @case("train_moments_bnwgn", "Conv2D -> tf.nn.moments over [0,1,2] -> "
       "BatchNormWithGlobalNormalization (producer 8), the classic TF1 batch_norm(x, train=True) "
       "helper: training mode, fuse.")
