@@ -844,7 +844,7 @@ def _(fx):
       "converter's --target, each converter's result matches TensorFlow (tests/test_converters.py).")
 def _(fx):
     x = relu_input(fx, [None, 6, 5, 4])
-    bn1 = fused_tail(fx, x, 4, 1.35e-3, None, version=2, scope="bn1", out=None, action="fuse",
+    bn1 = fused_tail(fx, x, 4, 1.37e-3, None, version=2, scope="bn1", out=None, action="fuse",
                      reason="no-linear-host")
     y = tf.nn.relu(bn1.y, name="relu1")
     p = fx.bn_params(4)
