@@ -55,3 +55,12 @@ def test_rewritten_for_its_target_converts_and_matches(converter, tmp_path):
     result = converters.check(converter, path)
     assert result["status"] == "ok", result
     assert result["error"] <= converters.TOLERANCE
+
+
+@pytest.mark.parametrize("converter", sorted(converters.TARGET))
+def test_the_tool_never_runs_a_graph_with_side_effects(converter, tmp_path):
+    """Converting a graph and running it in TensorFlow runs it: a WriteFile graph is refused
+    before any converter or TensorFlow sees it (no converter needed to prove that)."""
+    graph = Path(__file__).resolve().parent.parent / "fixtures" / "hostile" / "hostile_write_file.pb"
+    result = converters.check(converter, graph)
+    assert result["status"] == "unsafe" and "WriteFile" in result["detail"], result

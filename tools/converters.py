@@ -8,7 +8,8 @@ converter, `before -> after`: `ok` (converted, ran, every output within TOLERANC
 TensorFlow's; the number is the largest difference, of the output's scale), `wrong`
 (converted, ran, an output differs), `refused` (the converter raised), `invalid` (it wrote a
 model its own runtime cannot load or run), `converted` (not run: an input that cannot be
-filled at random), `timeout`; numbered notes say why. Each conversion runs in a child
+filled at random), `unsafe` (not run: side-effect ops, bnrewrite's safety check), `timeout`;
+numbered notes say why. Each conversion runs in a child
 process, time-boxed. `after` is the graph rewritten (fold mode, unverified) for the
 converter's target: onnx for tf2onnx, tflite for TFLite, tf2 (the default) for OpenVINO,
 whose reader takes FusedBatchNormV3. tests/test_converters.py imports `check` and `TARGET`.
@@ -27,10 +28,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bnrewrite import CannotVerifyError, load_graph, rewrite, save_graph  # noqa: E402
+from bnrewrite import CannotVerifyError, UnsafeGraphError, load_graph, rewrite, save_graph  # noqa: E402
 from bnrewrite.feeds import make_feeds  # noqa: E402
 from bnrewrite.index import GraphIndex  # noqa: E402
-from bnrewrite.verify import Options  # noqa: E402
+from bnrewrite.verify import Options, check_safe  # noqa: E402
 
 REALGRAPHS = Path(__file__).resolve().parent.parent.parent / "shared" / "realgraphs"
 # Converters reorder the arithmetic (and fuse ops differently): an error within this fraction
@@ -130,6 +131,10 @@ def _check(converter: str, pb: Path, outputs: Sequence[str]) -> dict[str, Any]:
     graph = load_graph(pb)
     index = GraphIndex(graph)
     outputs = list(outputs) or index.inferred_outputs()
+    try:  # converting a graph and running it in TensorFlow runs it: the same fence as verification
+        check_safe(graph, outputs)
+    except UnsafeGraphError as error:
+        return {"status": "unsafe", "detail": str(error)[:200], "error": None}
     try:
         feeds = make_feeds(graph, Options())
     except CannotVerifyError as error:  # a string or bool input: nothing to compare on
