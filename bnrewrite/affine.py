@@ -216,12 +216,6 @@ def _joined(a: tuple[int, int | None], b: tuple[int, int | None]) -> tuple[int, 
     return a if a[1] is not None else b
 
 
-def channel_vector(value: np.ndarray, channels: int) -> np.ndarray:
-    """A broadcastable per-channel array as a float64 vector of `channels`."""
-    array = np.asarray(value, np.float64)
-    return np.full(channels, array.reshape(-1)[0]) if array.size == 1 else array.reshape(-1)
-
-
 def recover(scale: np.ndarray, shift: np.ndarray, variance: np.ndarray, epsilon: float,
             leaves: Iterable[np.ndarray]) -> dict[str, np.ndarray | None]:
     """Batch-norm parameters of the per-channel map scale * x + shift (float64 vectors), given

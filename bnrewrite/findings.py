@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import names
-from .affine import Analysis, Chain, channel_vector, layout_of, recover
+from .affine import Analysis, Chain, layout_of, recover
 from .fold_math import BNParams, as_channel_vector, channel_layout
 from .hosts import BIAS_OPS, HOSTS, LINKS, layout_channel_axis
 from .index import PASSTHROUGH, THROUGH_SWITCH, GraphIndex
@@ -67,14 +67,14 @@ class Finding:
             params = self.params(channels)
             return None if params is None else params.scale_offset()
         n = channels if self.uniform and channels else self.channels
-        return tuple(channel_vector(v, n) for v in (self.chain.affine.scale, self.chain.affine.shift))
+        return tuple(as_channel_vector(v, n) for v in (self.chain.affine.scale, self.chain.affine.shift))
 
     def segments(self, channels: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Like scale_offset, once per stretch between the FakeQuant ops of the chain."""
         if self.chain is None or not self.chain.fake_quants:
             return [self.scale_offset(channels)]
         n = channels if self.uniform and channels else self.channels
-        return [(channel_vector(s.scale, n), channel_vector(s.shift, n)) for s in self.chain.segments]
+        return [(as_channel_vector(s.scale, n), as_channel_vector(s.shift, n)) for s in self.chain.segments]
 
     def vector(self, role: str) -> np.ndarray | None:
         value = self.values.get(role)
@@ -160,7 +160,7 @@ def _from_chain(chain: Chain) -> Finding:
     """A chain is a batch norm when sqrt(variance + epsilon) (or its reciprocal) is among its
     constants: its parameters are read back from the algebra; otherwise a plain affine."""
     channels = chain.channels
-    scale, shift = (channel_vector(v, channels) for v in (chain.affine.scale, chain.affine.shift))
+    scale, shift = (as_channel_vector(v, channels) for v in (chain.affine.scale, chain.affine.shift))
     values: dict[str, np.ndarray | None] = dict.fromkeys(ROLES)
     variant, epsilon = AFFINE, None
     norms = {(v.tobytes(), v.shape, float(e.reshape(-1)[0])): (v, e) for v, e in chain.norms()}
@@ -169,7 +169,7 @@ def _from_chain(chain: Chain) -> Finding:
         layout = layout_of(variance.shape)
         if layout is not None and (layout[1] is None or layout == (channels, chain.channel_axis)):
             leaves = [as_channel_vector(v, channels) for v in chain.leaves().values()]
-            variance = channel_vector(variance, channels)
+            variance = as_channel_vector(variance, channels)
             epsilon = float(eps.reshape(-1)[0])
             values = recover(scale, shift, variance, epsilon, [v for v in leaves if v is not None])
             variant = FORMULA
