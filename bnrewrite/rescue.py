@@ -26,9 +26,9 @@ from . import graphio, names
 from .errors import BnRewriteError
 from .findings import Finding, find_batch_norms
 from .index import GraphIndex
+from .variants import catalogue
 
 POLICIES = ("keep", "error", "moving-stats")
-FUSED_FORMS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 STATISTICS = ("mean", "variance")
 BATCH_STATISTICS = frozenset({"moments", "sufficient_statistics"})
 MOVING_NAMES = {"mean": "moving_mean", "variance": "moving_variance"}  # tf.layers / Keras names
@@ -67,8 +67,8 @@ def rescue(graph: Any, policy: str) -> tuple[Any, Rescue]:
     nodes = {node.name: node for node in result.node}
     unread: set[str] = set()
     for finding, used in found.values():
-        if finding.form in FUSED_FORMS:
-            nodes[finding.output].attr["is_training"].b = False
+        if finding.statistics == "fused":  # the op computes them: its training attribute goes off
+            nodes[finding.output].attr[finding.variant.attrs["training"]].b = False
         else:
             unread |= _rewire(index, nodes, finding, used)
     if unread:
@@ -82,7 +82,9 @@ def _worth_looking(graph: Any) -> bool:
     """A fused op in training mode, or a Mean (tf.nn.moments and TF 1.0's
     sufficient_statistics both reduce with one) next to a Const named like a moving
     statistic: else there is nothing to rescue or to report as rescuable."""
-    if any(node.op in FUSED_FORMS and "is_training" in node.attr and node.attr["is_training"].b for node in graph.node):
+    training = {v.form: v.attrs["training"] for v in catalogue() if "training" in v.attrs}  # the fused ops
+    if any(training[node.op] in node.attr and node.attr[training[node.op]].b
+           for node in graph.node if node.op in training):
         return True
     return any(node.op == "Mean" for node in graph.node) and any(
         node.op == "Const" and (node.name.endswith(EMA_SUFFIX) or _last(node.name) in MOVING_NAMES.values())
@@ -102,7 +104,7 @@ def _moving_statistics(index: GraphIndex, finding: Finding, consts: Sequence[str
 def _fused_statistics(index: GraphIndex, finding: Finding) -> dict[str, str] | None:
     """The Const nodes holding a fused op's mean and variance, when both hold one value per
     channel and only its output 0 is read."""
-    if finding.form not in FUSED_FORMS or finding.statistics != "fused" or index.used_outputs(finding.output) - {0}:
+    if finding.statistics != "fused" or index.used_outputs(finding.output) - {0}:
         return None
     used = {}
     for role in STATISTICS:
