@@ -31,6 +31,13 @@ BACK_EDGES = frozenset({"NextIteration", "RefNextIteration"})  # while loops: no
 INPUT_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "PlaceholderV2"})
 
 
+def colocated_with(node: Any) -> list[str]:
+    """Nodes `node` asks to be placed with ("loc:@name" in its _class attribute)."""
+    if "_class" not in node.attr:
+        return []
+    return [s.decode()[5:] for s in node.attr["_class"].list.s if s.startswith(b"loc:@")]
+
+
 class ConstValue(NamedTuple):
     value: np.ndarray
     chain: tuple[str, ...]  # nodes from the use back to the Const, Const last
@@ -67,6 +74,23 @@ class GraphIndex:
     def data_inputs(self, name: str) -> list[str]:
         node = self.nodes[name]
         return [names.canonical(ref) for ref in node.input if not ref.startswith("^")]
+
+    def readers(self, name: str) -> list[str]:
+        """Nodes that read any output of `name`, once per reference, data or control."""
+        return self._users.get(name, [])
+
+    def missing(self) -> list[str]:
+        """Names that nodes read but no node has."""
+        return [source for source in self._users if source not in self.nodes]
+
+    @cached_property
+    def colocated(self) -> dict[str, list[str]]:
+        """name -> the nodes asking to be placed with it (its "loc:@name" in their _class)."""
+        found: dict[str, list[str]] = defaultdict(list)
+        for name, node in self.nodes.items():
+            for source in colocated_with(node):
+                found[source].append(name)
+        return found
 
     def node_consumers(self, name: str) -> set[str]:
         """Every node that reads any output of `name`, data or control."""
