@@ -67,13 +67,18 @@ class GraphIndex:
                 else:
                     self._other_ports[parsed.node].add(parsed.index)
         self._const_cache: dict[str, ConstValue | None] = {}
+        self._inputs: dict[str, tuple[str, ...]] = {}
 
     def node(self, ref: str) -> Any | None:
         return self.nodes.get(names.node_of(ref))
 
-    def data_inputs(self, name: str) -> list[str]:
-        node = self.nodes[name]
-        return [names.canonical(ref) for ref in node.input if not ref.startswith("^")]
+    def data_inputs(self, name: str) -> tuple[str, ...]:
+        """The tensors node `name` reads, canonical; kept, since every pass asks again."""
+        found = self._inputs.get(name)
+        if found is None:
+            found = self._inputs[name] = tuple(
+                names.canonical(ref) for ref in self.nodes[name].input if not ref.startswith("^"))
+        return found
 
     def readers(self, name: str) -> list[str]:
         """Nodes that read any output of `name`, once per reference, data or control."""
