@@ -70,7 +70,8 @@ class GraphIndex:
         self._inputs: dict[str, tuple[str, ...]] = {}
 
     def node(self, ref: str) -> Any | None:
-        return self.nodes.get(names.node_of(ref))
+        found = self.nodes.get(ref)  # a tensor name without a port is its node's name
+        return found if found is not None else self.nodes.get(names.node_of(ref))
 
     def data_inputs(self, name: str) -> tuple[str, ...]:
         """The tensors node `name` reads, canonical; kept, since every pass asks again."""
