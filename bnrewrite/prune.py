@@ -27,7 +27,7 @@ def prune(index: GraphIndex, replaced: Mapping[str, Any], added: Iterable[Any], 
     readers = {reader for name in candidates
                for reader in chain(index.readers(name), index.colocated.get(name, ()))
                if reader not in replaced}
-    scanned = [*(index.nodes[reader] for reader in sorted(readers)), *replaced.values(), *added]
+    scanned = [*(index.nodes[reader] for reader in readers), *replaced.values(), *added]
     uses: Counter[str] = Counter()  # only candidates' uses decide anything
     controls: Counter[str] = Counter()
     for node in scanned:
@@ -45,11 +45,17 @@ def prune(index: GraphIndex, replaced: Mapping[str, Any], added: Iterable[Any], 
         if name in dead or node is None or uses[name] > controls[name] or (uses[name] and not _pure(current, name)):
             continue
         dead.add(name)
-        for source in [names.node_of(ref) for ref in node.input] + colocated_with(node):
+        for ref in node.input:
+            control = ref.startswith("^")
+            source = names.node_of(ref)
+            uses[source] -= 1
+            controls[source] -= control
+            if source in candidates:
+                work.append(source)
+        for source in colocated_with(node):
             uses[source] -= 1
             if source in candidates:
                 work.append(source)
-        controls.subtract(ref[1:] for ref in node.input if ref.startswith("^"))
     strip: dict[str, list[str]] = {}
     if any(controls[name] for name in dead):
         for node in scanned:
