@@ -7,6 +7,7 @@ nodes run.
 """
 from __future__ import annotations
 
+import sys
 from collections import defaultdict, deque
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -53,19 +54,27 @@ class GraphIndex:
         self._users: dict[str, list[str]] = defaultdict(list)
         self._reads_first: set[str] = set()
         self._other_ports: dict[str, set[int]] = defaultdict(set)
+        # Names are interned: a node's name and every reference to it share one string.
+        intern = sys.intern
         for node in graph_def.node:
-            name = node.name  # each read of node.name makes a new string: keep one
+            name = intern(node.name)
             self.nodes.setdefault(name, node)
             self.order.append(name)
             for ref in node.input:
+                if ":" not in ref and not ref.startswith("^"):  # most references: output 0
+                    source = intern(ref)
+                    self._users[source].append(name)
+                    self._reads_first.add(source)
+                    continue
                 parsed = names.parse(ref)
-                self._users[parsed.node].append(name)
+                source = intern(parsed.node)
+                self._users[source].append(name)
                 if parsed.control:
                     continue
                 if parsed.index == 0:
-                    self._reads_first.add(parsed.node)
+                    self._reads_first.add(source)
                 else:
-                    self._other_ports[parsed.node].add(parsed.index)
+                    self._other_ports[source].add(parsed.index)
         self._const_cache: dict[str, ConstValue | None] = {}
         self._inputs: dict[str, tuple[str, ...]] = {}
 
@@ -78,8 +87,14 @@ class GraphIndex:
         found = self._inputs.get(name)
         if found is None:
             found = self._inputs[name] = tuple(
-                names.canonical(ref) for ref in self.nodes[name].input if not ref.startswith("^"))
+                sys.intern(names.canonical(ref)) for ref in self.nodes[name].input if not ref.startswith("^"))
         return found
+
+    def forget_values(self) -> None:
+        """Drop the memoised constants and inputs (they are recomputed if asked again):
+        once a plan is made, the memory is worth more to the graph being built."""
+        self._const_cache.clear()
+        self._inputs.clear()
 
     def readers(self, name: str) -> list[str]:
         """Nodes that read any output of `name`, once per reference, data or control."""

@@ -32,6 +32,14 @@ class _Editor:
         self.taken = set(self.by_name)
         self.before: dict[str, list[Any]] = defaultdict(list)
         self.replacements: dict[str, Any] = {}
+        # New and changed nodes live in one scratch graph until the result copies them: a
+        # NodeDef of its own carries its own protobuf arena, about 1.4 KB against 0.55 KB.
+        self._scratch = type(graph)()
+
+    def own(self, node: Any) -> Any:
+        kept = self._scratch.node.add()
+        kept.CopyFrom(node)
+        return kept
 
     def fresh(self, base: str) -> str:
         name, n = base, 0
@@ -42,7 +50,7 @@ class _Editor:
         return name
 
     def add(self, node: Any, before: str) -> str:
-        self.before[before].append(node)
+        self.before[before].append(self.own(node))
         return node.name
 
     def const(self, base: str, value: np.ndarray, before: str) -> str:
@@ -58,13 +66,12 @@ class _Editor:
                 if ref.startswith("^") and names.node_of(ref) not in finding.nodes and ref not in controls:
                     controls.append(ref)
         node.input.extend(controls)
-        self.replacements[finding.output] = node
+        self.replacements[finding.output] = self.own(node)
 
     def edit(self, name: str) -> Any:
         """A copy of node `name` to change, which takes its place in the result."""
         if name not in self.replacements:
-            self.replacements[name] = type(self.by_name[name])()
-            self.replacements[name].CopyFrom(self.by_name[name])
+            self.replacements[name] = self.own(self.by_name[name])
         return self.replacements[name]
 
     def result(self, candidates: set[str]) -> tuple[Any, list[str]]:
@@ -122,6 +129,7 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
         candidates |= finding.nodes | finding.param_nodes
         if not isinstance(outcome, Fold) or outcome.direction == BACKWARD:
             protected = protected | {finding.output}  # its name now gives the same value
+    index.forget_values()
     return editor.result(candidates - protected)
 
 
@@ -197,7 +205,7 @@ def _fold_forward(ed: _Editor, finding: Finding, fold: Fold) -> None:
         moved.name = ed.fresh(f"{edit.node}/bn_folded/unbiased")
         ed.add(moved, edit.node)
         layout = "NCHW" if ed.index.attr(edit.node, "data_format", "NHWC", str).startswith("NC") else "NHWC"
-        ed.replacements[edit.node] = nodes.bias_add(edit.node, moved.name, bias, dtype, layout, node.device)
+        ed.replacements[edit.node] = ed.own(nodes.bias_add(edit.node, moved.name, bias, dtype, layout, node.device))
 
 
 def _fuse_op(ed: _Editor, finding: Finding, op: str) -> None:
