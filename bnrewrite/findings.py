@@ -5,9 +5,8 @@ Keras learning-phase tf.cond into one finding.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -22,18 +21,6 @@ from .variants import AFFINE, FORMULA, Variant, catalogue, statistics
 
 ROLES = ("gamma", "beta", "mean", "variance")
 ATTR_KINDS = {"epsilon": float, "training": bool, "data_format": str, "use_gamma": bool}
-
-
-def _memoised(method: Callable) -> Callable:
-    """A Finding's method, computed once per argument: findings never change, and the
-    arrays it returns are only read."""
-    @functools.wraps(method)
-    def memoised(self: "Finding", *args: Any) -> Any:
-        key = (method.__name__, *args)
-        if key not in self._memo:
-            self._memo[key] = method(self, *args)
-        return self._memo[key]
-    return memoised
 
 
 @dataclass(frozen=True)
@@ -55,16 +42,12 @@ class Finding:
     problem: str | None = None  # why the parameters cannot be read as per-channel vectors
     branches: Mapping[str, "Finding"] = field(default_factory=dict)
     chain: Chain | None = None  # the arithmetic, where the affine analysis found it
-    # What the methods below derived (the plan, the rewrite and the report ask again and
-    # again); not a field replace() copies, since a replaced finding derives its own.
-    _memo: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     @property
     def uniform(self) -> bool:
         """Every parameter is one value for all channels: it lines up with any host."""
         return self.channels == 1
 
-    @_memoised
     def params(self, channels: int | None = None) -> BNParams | None:
         """Canonical float64 parameters (a uniform batch norm spread over `channels`);
         None unless every one is a usable constant."""
@@ -77,7 +60,6 @@ class Finding:
             return None
         return BNParams(*vectors, epsilon=self.epsilon, channel_axis=self.channel_axis)
 
-    @_memoised
     def scale_offset(self, channels: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """y = x * scale + offset per channel (float64 vectors), None unless constant: the
         chain's own arithmetic where the algebra found it, else from the parameters."""
@@ -87,7 +69,6 @@ class Finding:
         n = channels if self.uniform and channels else self.channels
         return tuple(as_channel_vector(v, n) for v in (self.chain.affine.scale, self.chain.affine.shift))
 
-    @_memoised
     def segments(self, channels: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Like scale_offset, once per stretch between the FakeQuant ops of the chain."""
         if self.chain is None or not self.chain.fake_quants:
@@ -95,7 +76,6 @@ class Finding:
         n = channels if self.uniform and channels else self.channels
         return [(as_channel_vector(s.scale, n), as_channel_vector(s.shift, n)) for s in self.chain.segments]
 
-    @_memoised
     def vector(self, role: str) -> np.ndarray | None:
         value = self.values.get(role)
         if value is None or self.channels is None:
