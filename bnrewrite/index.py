@@ -178,7 +178,6 @@ class GraphIndex:
             return ConstValue(inner.value.astype(target), chain + (node.name,) + inner.chain)
         return None
 
-    @cached_property
     def _forward(self) -> dict[str, list[str]]:
         """Readers of each node that order it before them (while-loop back edges dropped)."""
         return {source: users for source, users in self._users.items()
@@ -197,7 +196,7 @@ class GraphIndex:
     def _topology(self) -> tuple[dict[str, int], list[str] | None]:
         """Order and cycle check in one O(nodes + edges) pass (graphlib would build its
         own graph twice; networkx alone costs 0.18 s to import)."""
-        forward = self._forward
+        forward = self._forward()  # not kept: 47k entries at 50k nodes
         waiting = dict.fromkeys(self.nodes, 0)
         for users in forward.values():
             for user in users:

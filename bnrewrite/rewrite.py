@@ -29,7 +29,7 @@ class _Editor:
     def __init__(self, graph: Any, index: GraphIndex) -> None:
         self.graph, self.index = graph, index
         self.by_name = index.nodes
-        self.taken = set(self.by_name)
+        self.taken: set[str] = set()  # names given to new nodes (the old ones are in by_name)
         self.before: dict[str, list[Any]] = defaultdict(list)
         self.replacements: dict[str, Any] = {}
         # New and changed nodes go straight into the result, which is put in order at the
@@ -50,7 +50,7 @@ class _Editor:
 
     def fresh(self, base: str) -> str:
         name, n = base, 0
-        while name in self.taken:
+        while name in self.taken or name in self.by_name:
             n += 1
             name = f"{base}_{n}"
         self.taken.add(name)
@@ -104,16 +104,18 @@ class _Editor:
                 setattr(out, descriptor.name, value)
             else:
                 getattr(out, descriptor.name).CopyFrom(value)
-        untouched, position = [], {}
+        # A node's place: its old one, with the additions before the node they serve, in
+        # the order they were made (an int: 25k tuples would cost megabytes at the peak).
+        untouched, position, step = [], {}, 1 + max(map(len, self.before.values()), default=0)
         for i, (name, node) in enumerate(zip(self.index.order, self.graph.node)):
             for j, new in enumerate(self.before.get(name, ())):
-                position[new.name] = (i, 0, j)  # additions come before the node they serve
+                position[new.name] = i * step + j
             if name not in dead:
-                position[name] = (i, 1, 0)
+                position[name] = i * step + step - 1
                 if name not in self.replacements:
                     untouched.append(node)
         out.node.extend(untouched)
-        superseded = (len(self.graph.node),)
+        superseded = len(self.graph.node) * step
         out.node.sort(key=lambda node: position.get(node.name, superseded))
         del out.node[len(position):]
         return out, sorted(dropped)
