@@ -29,7 +29,11 @@ class Match:
 
 @dataclass(frozen=True)
 class NoMatch:
-    reason: str
+    why: Callable[[], str]  # the reason is written only when someone reads it
+
+    @property
+    def reason(self) -> str:
+        return self.why()
 
     def __bool__(self) -> bool:
         return False
@@ -41,7 +45,7 @@ def match(pattern: Pattern, index: GraphIndex, tensor: str,
     run = _Run(index, bound)
     for _ in run.match(pattern, names.canonical(tensor), 0):
         return Match(dict(run.tensors), dict(run.values), frozenset(run.nodes), frozenset(run.param_nodes))
-    return NoMatch(run.deepest[1] or "no match")
+    return NoMatch(run.deepest[1])
 
 
 def _op_types(pattern: Pattern) -> frozenset[str] | None:
@@ -82,13 +86,13 @@ class _Run:
         self.values: dict[str, np.ndarray | None] = {}
         self.nodes: list[str] = []
         self.param_nodes: list[str] = []
-        self.deepest: tuple[int, str] = (-1, "")
+        self.deepest: tuple[int, Callable[[], str]] = (-1, lambda: "no match")
 
     def fail(self, depth: int, why: Callable[[], str]) -> None:
-        """Remember the deepest failure's reason; built only when it is the deepest, since
-        almost every attempt fails and most of them at the root."""
+        """Remember how to say why the deepest failure failed: almost every attempt fails,
+        and almost no reason is ever read."""
         if depth > self.deepest[0]:
-            self.deepest = (depth, why())
+            self.deepest = (depth, why)
 
     def match(self, pattern: Pattern, tensor: str, depth: int) -> Iterator[None]:
         kind = type(pattern)
@@ -123,9 +127,10 @@ class _Run:
             self.fail(depth, lambda: f"{tensor}: want {'|'.join(sorted(pattern.types))}, "
                                      f"found {node.op if node is not None else 'nothing'}")
             return
-        captured = pattern.name is not None and pattern.name not in self.tensors
-        if pattern.name is not None and not captured and not self._same(self.tensors[pattern.name], tensor):
-            self.fail(depth, lambda: f"{tensor}: is not '{pattern.name}' ({self.tensors[pattern.name]})")
+        known = self.tensors.get(pattern.name) if pattern.name is not None else None
+        captured = pattern.name is not None and known is None
+        if known is not None and not self._same(known, tensor):
+            self.fail(depth, lambda: f"{tensor}: is not '{pattern.name}' ({known})")
             return
         inputs = self.index.data_inputs(node.name)
         if len(inputs) != len(pattern.inputs):
