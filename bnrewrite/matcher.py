@@ -42,10 +42,61 @@ class NoMatch:
 def match(pattern: Pattern, index: GraphIndex, tensor: str,
           bound: Mapping[str, str] | None = None) -> Match | NoMatch:
     """First way `pattern` explains `tensor`; `bound` pre-binds Vars (e.g. "x")."""
+    tensor = names.canonical(tensor)
+    if not _plausible(pattern, index, tensor):  # most attempts: the search would fail at once
+        return NoMatch(lambda: _search(pattern, index, tensor, bound).reason)
+    return _search(pattern, index, tensor, bound)
+
+
+def _search(pattern: Pattern, index: GraphIndex, tensor: str, bound: Mapping[str, str] | None
+            ) -> Match | NoMatch:
     run = _Run(index, bound)
-    for _ in run.match(pattern, names.canonical(tensor), 0):
+    for _ in run.match(pattern, tensor, 0):
         return Match(dict(run.tensors), dict(run.values), frozenset(run.nodes), frozenset(run.param_nodes))
     return NoMatch(run.deepest[1])
+
+
+def _plausible(pattern: Pattern, index: GraphIndex, tensor: str) -> bool:
+    """What the search checks first, without its bindings: the op's type and arity, and
+    the types of the ops one level down (either order for a commutative op)."""
+    if type(pattern) is Alt:
+        return any(_plausible(option, index, tensor) for option in pattern.options)
+    if type(pattern) is not Op:
+        return True
+    tensor = _through(index, tensor, pattern.types)[0]
+    node = index.node(tensor)
+    if node is None or node.op not in pattern.types or ":" in tensor:
+        return False
+    inputs = index.data_inputs(node.name)
+    if len(inputs) != len(pattern.inputs):
+        return False
+    return _could_be(index, pattern.inputs, inputs) or (
+        node.op in COMMUTATIVE and len(inputs) == 2 and _could_be(index, pattern.inputs, inputs[::-1]))
+
+
+def _through(index: GraphIndex, tensor: str, wanted: frozenset[str]) -> tuple[str, list[str]]:
+    """The tensor behind the pass-through ops (and Casts) in front of it, unless one of them
+    is `wanted`; and those ops."""
+    chain: list[str] = []
+    node = index.node(tensor)
+    while node is not None and node.op not in wanted and node.op in EDGE_PASSTHROUGH \
+            and node.input and node.name not in chain:
+        chain.append(node.name)
+        tensor = names.canonical(node.input[0])
+        node = index.node(tensor)
+    return tensor, chain
+
+
+def _could_be(index: GraphIndex, patterns: tuple[Pattern, ...], tensors: tuple[str, ...]) -> bool:
+    """Whether each input that a pattern wants to be an op has one of its types: a cheap
+    look one level down that spares most failing attempts the full search."""
+    for pattern, tensor in zip(patterns, tensors):
+        types = _wanted(pattern)
+        if types is not None:
+            node = index.node(_through(index, tensor, types)[0])
+            if node is None or node.op not in types:
+                return False
+    return True
 
 
 def _op_types(pattern: Pattern) -> frozenset[str] | None:
@@ -110,18 +161,8 @@ class _Run:
         for option in pattern.options:
             yield from self.match(option, tensor, depth)
 
-    def _through(self, tensor: str, wanted: frozenset[str]) -> tuple[str, list[str]]:
-        chain: list[str] = []
-        node = self.index.node(tensor)
-        while node is not None and node.op not in wanted and node.op in EDGE_PASSTHROUGH \
-                and node.input and node.name not in chain:
-            chain.append(node.name)
-            tensor = names.canonical(node.input[0])
-            node = self.index.node(tensor)
-        return tensor, chain
-
     def _op(self, pattern: Op, tensor: str, depth: int) -> Iterator[None]:
-        tensor, chain = self._through(tensor, pattern.types)
+        tensor, chain = _through(self.index, tensor, pattern.types)
         node = self.index.node(tensor)
         if node is None or node.op not in pattern.types or ":" in tensor:  # output 0 only
             self.fail(depth, lambda: f"{tensor}: want {'|'.join(sorted(pattern.types))}, "
@@ -139,7 +180,7 @@ class _Run:
         orders = [inputs]
         if node.op in COMMUTATIVE and len(inputs) == 2 and inputs[0] != inputs[1]:
             orders.append(inputs[::-1])
-        orders = [order for order in orders if self._could_be(pattern.inputs, order)]
+        orders = [order for order in orders if _could_be(self.index, pattern.inputs, order)]
         if not orders:
             self.fail(depth + 1, lambda: f"{node.name}: inputs are not {_skeleton(pattern)}")
             return
@@ -154,17 +195,6 @@ class _Run:
         if captured:
             del self.tensors[pattern.name]
 
-    def _could_be(self, patterns: tuple[Pattern, ...], tensors: tuple[str, ...]) -> bool:
-        """Whether each input that a pattern wants to be an op has one of its types: a
-        cheap look one level down that spares most failing attempts the full search."""
-        for pattern, tensor in zip(patterns, tensors):
-            types = _wanted(pattern)
-            if types is not None:
-                node = self.index.node(self._through(tensor, types)[0])
-                if node is None or node.op not in types:
-                    return False
-        return True
-
     def _all(self, patterns: tuple[Pattern, ...], tensors: tuple[str, ...], i: int,
              depth: int) -> Iterator[None]:
         if i == len(patterns):
@@ -174,7 +204,7 @@ class _Run:
             yield from self._all(patterns, tensors, i + 1, depth)
 
     def _same(self, a: str, b: str) -> bool:
-        return a == b or self._through(a, frozenset())[0] == self._through(b, frozenset())[0]
+        return a == b or _through(self.index, a, frozenset())[0] == _through(self.index, b, frozenset())[0]
 
     def _var(self, name: str, tensor: str, depth: int) -> Iterator[None]:
         known = self.tensors.get(name)
