@@ -5,6 +5,7 @@ Keras learning-phase tf.cond into one finding.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
@@ -86,15 +87,15 @@ class Finding:
 def find_batch_norms(index: GraphIndex) -> list[Finding]:
     """All batch norms in topological order of their outputs; overlaps resolved."""
     present = {node.op for node in index.nodes.values()}
-    variants = [(variant, root_types(variant.pattern)) for variant in catalogue()
-                if not variant.needs or variant.needs & present]
+    by_root: dict[str, list[Variant]] = defaultdict(list)  # root op -> variants, catalogue order
+    for variant in catalogue():
+        if not variant.needs or variant.needs & present:
+            for op in root_types(variant.pattern):
+                by_root[op].append(variant)
     found: list[Finding] = []
     named: dict[str, Finding] = {}
     for name in index.order:
-        node_op = index.nodes[name].op
-        for variant, roots in variants:
-            if node_op not in roots:
-                continue
+        for variant in by_root.get(index.nodes[name].op, ()):
             result = match(variant.pattern, index, name)
             if isinstance(result, Match):
                 finding = _read(variant, result, index, name)
