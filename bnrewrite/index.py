@@ -108,10 +108,18 @@ class GraphIndex:
     def colocated(self) -> dict[str, list[str]]:
         """name -> the nodes asking to be placed with it (its "loc:@name" in their _class)."""
         found: dict[str, list[str]] = defaultdict(list)
-        for name, node in self.nodes.items():
-            for source in colocated_with(node):
-                found[source].append(name)
+        for name, targets in self._placements.items():
+            for target in targets:
+                found[target].append(name)
         return found
+
+    def placed_with(self, name: str) -> list[str]:
+        """The nodes node `name` asks to be placed with."""
+        return self._placements.get(name, [])
+
+    @cached_property
+    def _placements(self) -> dict[str, list[str]]:
+        return {name: targets for name, node in self.nodes.items() if (targets := colocated_with(node))}
 
     def node_consumers(self, name: str) -> set[str]:
         """Every node that reads any output of `name`, data or control."""

@@ -9,7 +9,6 @@ it read before.
 """
 from __future__ import annotations
 
-from collections import Counter
 from itertools import chain
 from typing import Any, Iterable, Mapping
 
@@ -24,40 +23,48 @@ def prune(index: GraphIndex, replaced: Mapping[str, Any], added: Iterable[Any], 
     def current(name: str) -> Any | None:
         return replaced[name] if name in replaced else index.nodes.get(name)
 
+    def placed_with(name: str, node: Any) -> list[str]:
+        return colocated_with(node) if name in replaced else index.placed_with(name)
+
     readers = {reader for name in candidates
                for reader in chain(index.readers(name), index.colocated.get(name, ()))
                if reader not in replaced}
     scanned = [*(index.nodes[reader] for reader in readers), *replaced.values(), *added]
-    uses: Counter[str] = Counter()  # only candidates' uses decide anything
-    controls: Counter[str] = Counter()
+    # Plain dicts, not Counters: this loop runs once per dead node (34k on a 47k-node graph).
+    uses: dict[str, int] = {}  # only candidates' uses decide anything
+    controls: dict[str, int] = {}
     for node in scanned:
         for ref in node.input:
             source = names.node_of(ref)
             if source in candidates:
-                uses[source] += 1
-                controls[source] += ref.startswith("^")
-        uses.update(source for source in colocated_with(node) if source in candidates)
+                uses[source] = uses.get(source, 0) + 1
+                if ref.startswith("^"):
+                    controls[source] = controls.get(source, 0) + 1
+        for source in colocated_with(node):
+            if source in candidates:
+                uses[source] = uses.get(source, 0) + 1
     dead: set[str] = set()
     work = sorted(candidates)
     while work:
         name = work.pop()
         node = current(name)
-        if name in dead or node is None or uses[name] > controls[name] or (uses[name] and not _pure(current, name)):
+        used = uses.get(name, 0)
+        if name in dead or node is None or used > controls.get(name, 0) or (used and not _pure(current, name)):
             continue
         dead.add(name)
         for ref in node.input:
-            control = ref.startswith("^")
             source = names.node_of(ref)
-            uses[source] -= 1
-            controls[source] -= control
+            uses[source] = uses.get(source, 0) - 1
+            if ref.startswith("^"):
+                controls[source] = controls.get(source, 0) - 1
             if source in candidates:
                 work.append(source)
-        for source in colocated_with(node):
-            uses[source] -= 1
+        for source in placed_with(name, node):
+            uses[source] = uses.get(source, 0) - 1
             if source in candidates:
                 work.append(source)
     strip: dict[str, list[str]] = {}
-    if any(controls[name] for name in dead):
+    if any(controls.get(name, 0) for name in dead):
         for node in scanned:
             gone = [ref for ref in node.input if ref.startswith("^") and ref[1:] in dead]
             if gone and node.name not in dead:
