@@ -1,10 +1,14 @@
 """The rewrite's safety rules, each on a graph built to break it."""
 from __future__ import annotations
 
+import gc
+
 import numpy as np
+import pytest
 from tensorboard.compat.proto import types_pb2
 
 import bnrewrite
+from bnrewrite import nodes
 from bnrewrite.verify import Options
 from bnrewrite.tensors import to_numpy
 from conftest import fixture_path
@@ -188,3 +192,37 @@ def test_fold_that_would_underflow_fp16_is_refused(builder):
 def test_ordinary_fp16_fold_is_allowed(builder):
     (bn,) = bnrewrite.audit(_half_conv_bn(builder, weight=0.5, variance=2.0)).batch_norms
     assert bn.action == "fold"
+
+
+def folded_conv(builder):
+    base(builder)
+    conv(builder, "conv_a", "x", "w/read")
+    fused_bn(builder, "bn_a", "conv_a", 4)
+    builder.node("out", "Relu", "bn_a", T=F32)
+
+
+def test_collector_state_is_restored(builder):
+    """The API turns the cyclic garbage collector off while it works, then back to what the
+    caller had, also when it raises."""
+    folded_conv(builder)
+    assert gc.isenabled()
+    bnrewrite.rewrite(builder.graph)
+    assert gc.isenabled()
+    with pytest.raises(bnrewrite.InvalidGraphError):
+        bnrewrite.rewrite(builder.graph, outputs=["no_such_node"])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        bnrewrite.audit(builder.graph)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_an_edit_reading_a_missing_tensor_is_an_internal_error(builder, monkeypatch):
+    """The result is checked where it changed: a new node reading nothing is caught there."""
+    folded_conv(builder)
+    original_bias_add = nodes.bias_add
+    monkeypatch.setattr(nodes, "bias_add", lambda name, x, *rest, **kw: original_bias_add(name, "gone", *rest, **kw))
+    with pytest.raises(RuntimeError, match="internal error.*'bn_a' reads 'gone', which is not in the graph"):
+        bnrewrite.rewrite(builder.graph)
