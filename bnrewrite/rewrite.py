@@ -9,7 +9,7 @@ first, so the nodes are copied once, into the result.
 """
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import replace
 from typing import Any, Iterable
 
@@ -20,7 +20,7 @@ from .errors import InvalidGraphError
 from .findings import Finding
 from .folds import BACKWARD, Fold
 from .hosts import HOSTS
-from .index import PASSTHROUGH, GraphIndex
+from .index import GraphIndex
 from .plan import FOLD, Decision, Fuse, make_plan
 from .prune import prune
 

@@ -14,7 +14,20 @@ from .index import GraphIndex
 
 
 def problems(index: GraphIndex, outputs: Iterable[str] = ()) -> list[str]:
-    """structural's findings, from the index's one pass, and a cycle."""
+    """structural's findings, read off the index's one pass, and a cycle."""
+    found = _structural(index, outputs)
+    cycle = index.find_cycle()
+    if cycle:
+        found.append(f"cycle: {' -> '.join(cycle)}")
+    return found
+
+
+def structural(graph_def: Any, outputs: Iterable[str] = ()) -> list[str]:
+    """Duplicate or empty names, missing ops, dangling inputs and outputs."""
+    return _structural(GraphIndex(graph_def), outputs)
+
+
+def _structural(index: GraphIndex, outputs: Iterable[str]) -> list[str]:
     found = []
     if len(index.order) != len(index.nodes):
         counts = Counter(index.order)
@@ -27,35 +40,8 @@ def problems(index: GraphIndex, outputs: Iterable[str] = ()) -> list[str]:
         for reader in dict.fromkeys(index.readers(source)):
             found += [f"node '{reader}' reads '{ref}', which is not in the graph"
                       for ref in index.nodes[reader].input if names.node_of(ref) == source]
-    found += [f"output '{output}' is not in the graph" for output in outputs
-              if names.node_of(output) not in index.nodes]
-    cycle = index.find_cycle()
-    if cycle:
-        found.append(f"cycle: {' -> '.join(cycle)}")
-    return found
-
-
-def structural(graph_def: Any, outputs: Iterable[str] = ()) -> list[str]:
-    """Duplicate or empty names, missing ops, dangling inputs and outputs: one pass, no
-    index. What the rewrite's result is checked for: every node it adds reads tensors
-    that come before the batch norm it replaces, so it cannot close a cycle."""
-    found: list[str] = []
-    counts = Counter(node.name for node in graph_def.node)
-    for name, count in sorted(counts.items()):
-        if count > 1:
-            found.append(f"duplicate node name '{name}' ({count} nodes)")
-    for node in graph_def.node:
-        if not node.name:
-            found.append("a node has an empty name")
-        if not node.op:
-            found.append(f"node '{node.name}' has no op")
-        for ref in node.input:
-            if names.node_of(ref) not in counts:
-                found.append(f"node '{node.name}' reads '{ref}', which is not in the graph")
-    for output in outputs:
-        if names.node_of(output) not in counts:
-            found.append(f"output '{output}' is not in the graph")
-    return found
+    return found + [f"output '{output}' is not in the graph" for output in outputs
+                    if names.node_of(output) not in index.nodes]
 
 
 def edited(present: Callable[[str], bool], touched: Iterable[Any]) -> list[str]:
