@@ -119,13 +119,12 @@ def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str 
                    training_bn: str = "keep") -> tuple[Any, RewriteReport]:
     original = graphio.as_internal(graph_def)  # read only: the rewrite builds a new graph
     index = validate.check(original, path, outputs)
-    info = _info(original, index, path)
+    info, ops_before = _info(original, index, path), Counter(index.ops)
     reference, rescued = rescue.rescue(original, training_bn)  # the original, in inference mode where rescued
     graph, resolution = _resolved(reference, outputs, set_values, set_defaults)
     if resolution is not None or rescued.rescued:
         index = validate.check(graph, path, outputs)
     left = _info(graph, index, path) if resolution else info  # the outputs the resolved graph keeps
-    ops_before = Counter(node.op for node in original.node)
     protected = _fetched(left, outputs)
     result, decisions, dropped = _rewrite.planned(graph, index, mode, protected, target)
     rescue.settle(rescued, [d.finding.output for d in decisions if d.finding.training], path)

@@ -142,7 +142,7 @@ class Analysis:
         """Maximal chains, in topological order of their roots."""
         partial: dict[str, _Partial] = {}
         absorbed: set[str] = set()
-        candidates = [name for name, node in self.index.nodes.items() if node.op in CHAIN_OPS]
+        candidates = [name for name, op in zip(self.index.order, self.index.ops) if op in CHAIN_OPS]
         for name in sorted(candidates, key=self.index.topo_position.__getitem__):
             step = self._step(name)
             if step is None:

@@ -86,7 +86,7 @@ class Finding:
 
 def find_batch_norms(index: GraphIndex) -> list[Finding]:
     """All batch norms in topological order of their outputs; overlaps resolved."""
-    present = {node.op for node in index.nodes.values()}
+    present = set(index.ops)
     by_root: dict[str, list[Variant]] = defaultdict(list)  # root op -> variants, catalogue order
     for variant in catalogue():
         if not variant.needs or variant.needs & present:
@@ -94,8 +94,8 @@ def find_batch_norms(index: GraphIndex) -> list[Finding]:
                 by_root[op].append(variant)
     found: list[Finding] = []
     named: dict[str, Finding] = {}
-    for name in index.order:
-        for variant in by_root.get(index.nodes[name].op, ()):
+    for name, op in zip(index.order, index.ops):
+        for variant in by_root.get(op, ()):
             result = match(variant.pattern, index, name)
             if isinstance(result, Match):
                 finding = _read(variant, result, index, name)

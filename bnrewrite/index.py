@@ -49,6 +49,7 @@ class GraphIndex:
         self.graph_def = graph_def
         self.nodes: dict[str, Any] = {}
         self.order: list[str] = []
+        self.ops: list[str] = []  # op of each node in `order`: every pass over all nodes wants it
         # Most tensors have one reader and only output 0 read: lists and one set of
         # "output 0 is read" keep a 50k-node index tens of MB smaller than a set each.
         self._users: dict[str, list[str]] = defaultdict(list)
@@ -60,6 +61,7 @@ class GraphIndex:
             name = intern(node.name)
             self.nodes.setdefault(name, node)
             self.order.append(name)
+            self.ops.append(intern(node.op))
             for ref in node.input:
                 if ":" not in ref and not ref.startswith("^"):  # most references: output 0
                     source = intern(ref)
@@ -233,9 +235,8 @@ class GraphIndex:
         return position, [loop[0], *reversed(loop[1:]), loop[0]]
 
     def inferred_inputs(self) -> list[str]:
-        return [name for name in self.order if self.nodes[name].op in INPUT_OPS]
+        return [name for name, op in zip(self.order, self.ops) if op in INPUT_OPS]
 
     def inferred_outputs(self) -> list[str]:
         """Nodes nothing consumes, minus those that cannot be a fetched result."""
-        return [name for name in self.order
-                if not self._users.get(name) and self.nodes[name].op not in NOT_OUTPUTS]
+        return [name for name, op in zip(self.order, self.ops) if op not in NOT_OUTPUTS and not self._users.get(name)]

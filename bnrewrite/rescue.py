@@ -56,7 +56,7 @@ def rescue(graph: Any, policy: str) -> tuple[Any, Rescue]:
     if not _worth_looking(graph):
         return graph, outcome  # skip finding every batch norm again
     index = GraphIndex(graph)
-    consts = [name for name in index.order if index.nodes[name].op == "Const"]
+    consts = [name for name, op in zip(index.order, index.ops) if op == "Const"]
     found = {finding.output: (finding, used) for finding in find_batch_norms(index)
              if finding.training and (used := _moving_statistics(index, finding, consts)) is not None}
     if policy != "moving-stats" or not found:

@@ -35,7 +35,7 @@ def _structural(index: GraphIndex, outputs: Iterable[str]) -> list[str]:
                   if count > 1]
     if "" in index.nodes:
         found.append("a node has an empty name")
-    found += [f"node '{node.name}' has no op" for node in index.nodes.values() if not node.op]
+    found += [f"node '{name}' has no op" for name, op in zip(index.order, index.ops) if not op]
     for source in index.missing():
         for reader in dict.fromkeys(index.readers(source)):
             found += [f"node '{reader}' reads '{ref}', which is not in the graph"
