@@ -28,11 +28,8 @@ import importlib.util
 import os
 import pickle
 import re
-import shutil
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -83,6 +80,11 @@ def _size_text(size: int) -> str:
 
 class _Worker:
     def __init__(self, max_memory: int) -> None:
+        # Here, not at the top: a process that starts no worker (an audit) does not pay the
+        # 5 ms they take to import (shutil and tempfile import bz2, lzma, random, ...).
+        import subprocess
+        import tempfile
+
         self.max_memory = max_memory
         self.directory = tempfile.mkdtemp(prefix="bnrewrite-worker-")
         env = {ONEDNN: "1", **{k: v for k, v in os.environ.items() if not _is_credential(k)}}
@@ -121,6 +123,8 @@ class _Worker:
         """End the worker (nothing to save in it) and remove its directory."""
         if self.process.poll() is None:
             self.process.kill()
+        import shutil
+
         code = self.process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
         return code
@@ -249,6 +253,8 @@ def _full_name(name: str) -> str:
 def _orphaned(parent: int) -> None:
     """A graph in an endless loop never reads its stdin's end: end with the parent, and
     remove the working directory it would have removed."""
+    import shutil
+
     while os.getppid() == parent:
         time.sleep(1)
     shutil.rmtree(os.getcwd(), ignore_errors=True)
