@@ -119,7 +119,7 @@ def _scanned() -> tuple[Entry, ...]:
     csv) costs 10-20 ms, a tenth of a cold audit; this scan costs 1-2 ms. What it does not
     read (a zip or an .egg on sys.path, an import hook that supplies distributions) is left
     to importlib.metadata."""
-    roots = [root or "." for root in sys.path]
+    roots = [str(root) or "." for root in sys.path]  # sys.path may hold Path objects
     if any(root.lower().endswith(".egg") or os.path.isfile(root) for root in roots) or any(
             hasattr(finder, "find_distributions") for finder in sys.meta_path if finder is not PathFinder):
         return _from_importlib()

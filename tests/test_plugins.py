@@ -93,7 +93,7 @@ def test_entry_points_are_read_as_importlib_metadata_reads_them(plugin, tmp_path
     distribution later on sys.path changes nothing."""
     plugin()
     _install(tmp_path / "later", {registry.VARIANTS: {"shadowed": "toy_bn_plugin:VARIANTS"}})
-    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path / "later")])
+    monkeypatch.setattr(sys, "path", [*sys.path, tmp_path / "later"])  # a Path, as sys.path may hold
     registry.forget()
     scanned = registry._scanned()
     assert scanned == registry._from_importlib()
