@@ -10,6 +10,7 @@ BnRewriteError subclasses for problems the caller can fix):
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import sys
 from collections import Counter
@@ -161,9 +162,6 @@ def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str 
     protected = _fetched(left, outputs)
     result, decisions, dropped = _rewrite.planned(graph, index, mode, protected, target)
     rescue.settle(rescued, [d.finding.output for d in decisions if d.finding.training], path)
-    problems = validate.structural(result, outputs)
-    if problems:
-        raise RuntimeError(f"internal error: the rewrite produced an invalid graph: {problems[0]}")
     report = RewriteReport(info, mode, [entry(d) for d in decisions], len(result.node),
                            dict(sorted(ops_before.items())),
                            dict(sorted(Counter(node.op for node in result.node).items())),
@@ -198,6 +196,8 @@ def _boundary(path: str | None) -> Iterator[None]:
     """The API's edge: numpy's overflow and NaN warnings about hostile parameters stay
     quiet (the plan reasons about those values itself), and errors raised deep inside
     (a malformed attribute, a graph TensorFlow refuses) learn which file they are about."""
+    collecting = gc.isenabled()
+    gc.disable()  # the passes make millions of objects and no garbage cycles: 10-18% of a rewrite
     try:
         with np.errstate(all="ignore"):
             yield
@@ -205,6 +205,9 @@ def _boundary(path: str | None) -> Iterator[None]:
         if error.path or not path:
             raise
         raise type(error)(error.problem, path) from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _fetched(info: GraphInfo, outputs: Sequence[str]) -> frozenset[str]:

@@ -197,14 +197,15 @@ class _Partial:
             current = current.then(step.map)
         segments.append(current)
         channels, axis = self.layout
-        rank = max(len(np.broadcast_shapes(np.shape(s.map.scale), np.shape(s.map.shift))) for s in self.steps)
+        rank = max(max(s.map.scale.ndim, s.map.shift.ndim) for s in self.steps)
         return Chain(root, self.steps[0].variable, tuple(s.node for s in self.steps) + tuple(self.passed),
                      tuple(s.constant for s in self.steps), tuple(segments), tuple(self.quants),
                      channels, -1 if axis is None else axis, rank)
 
 
 def _made(name: str, variable: str, step: Affine, constant: Constant) -> _Step | None:
-    layout = layout_of(np.broadcast_shapes(np.shape(step.scale), np.shape(step.shift)))
+    # one side of a step is a 0-d array: the other's shape is the broadcast one
+    layout = layout_of(max(step.scale.shape, step.shift.shape, key=len))
     return None if layout is None else _Step(name, names.canonical(variable), step, constant, layout)
 
 

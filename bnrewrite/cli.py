@@ -224,6 +224,7 @@ def _rewrite(args: argparse.Namespace) -> int:
         new_graph, report = rewrite(graph, args.mode, args.outputs, str(source), options, **_setting(args))
     except CannotVerifyError as error:
         raise CannotVerifyError(f"{error.problem} (--no-verify skips the check)", error.path) from None
+    del graph  # the original's memory, for the serialised result
     save_graph(new_graph, target)
     _print(args, report.to_dict, lambda: report.to_text() + f"\n  wrote {target}")
     return EXIT_OK

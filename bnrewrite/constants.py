@@ -157,5 +157,5 @@ class Evaluator:
         terms = [self._constant(t) for t in self.index.data_inputs(summed.name)]
         if len(terms) != 2 or None in terms:
             return ()
-        a, b = sorted((t.value for t in terms), key=lambda v: (v.size, float(np.max(np.abs(v), initial=0))))
+        a, b = sorted((t.value for t in terms), key=lambda v: (v.size, float(np.abs(v).max()) if v.size else 0.0))
         return ((b, a),) if a.size == 1 else ()

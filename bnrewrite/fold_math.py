@@ -58,8 +58,10 @@ def as_channel_vector(value: np.ndarray, channels: int) -> np.ndarray | None:
     array = np.asarray(value, dtype=np.float64)
     if array.size == 1:
         return np.full(channels, array.reshape(-1)[0])
-    if array.size != channels or sum(d > 1 for d in array.shape) != 1:
+    if array.size != channels or array.size == 0:
         return None
+    if array.ndim != 1 and array.shape.count(1) != array.ndim - 1:
+        return None  # more than one wide dim
     return array.reshape(-1)
 
 

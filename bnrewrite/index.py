@@ -7,6 +7,7 @@ nodes run.
 """
 from __future__ import annotations
 
+import sys
 from collections import defaultdict, deque
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -31,6 +32,13 @@ BACK_EDGES = frozenset({"NextIteration", "RefNextIteration"})  # while loops: no
 INPUT_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "PlaceholderV2"})
 
 
+def colocated_with(node: Any) -> list[str]:
+    """Nodes `node` asks to be placed with ("loc:@name" in its _class attribute)."""
+    if "_class" not in node.attr:
+        return []
+    return [s.decode()[5:] for s in node.attr["_class"].list.s if s.startswith(b"loc:@")]
+
+
 class ConstValue(NamedTuple):
     value: np.ndarray
     chain: tuple[str, ...]  # nodes from the use back to the Const, Const last
@@ -46,27 +54,64 @@ class GraphIndex:
         self._users: dict[str, list[str]] = defaultdict(list)
         self._reads_first: set[str] = set()
         self._other_ports: dict[str, set[int]] = defaultdict(set)
+        # Names are interned: a node's name and every reference to it share one string.
+        intern = sys.intern
         for node in graph_def.node:
-            name = node.name  # each read of node.name makes a new string: keep one
+            name = intern(node.name)
             self.nodes.setdefault(name, node)
             self.order.append(name)
             for ref in node.input:
+                if ":" not in ref and not ref.startswith("^"):  # most references: output 0
+                    source = intern(ref)
+                    self._users[source].append(name)
+                    self._reads_first.add(source)
+                    continue
                 parsed = names.parse(ref)
-                self._users[parsed.node].append(name)
+                source = intern(parsed.node)
+                self._users[source].append(name)
                 if parsed.control:
                     continue
                 if parsed.index == 0:
-                    self._reads_first.add(parsed.node)
+                    self._reads_first.add(source)
                 else:
-                    self._other_ports[parsed.node].add(parsed.index)
+                    self._other_ports[source].add(parsed.index)
         self._const_cache: dict[str, ConstValue | None] = {}
+        self._inputs: dict[str, tuple[str, ...]] = {}
 
     def node(self, ref: str) -> Any | None:
-        return self.nodes.get(names.node_of(ref))
+        found = self.nodes.get(ref)  # a tensor name without a port is its node's name
+        return found if found is not None else self.nodes.get(names.node_of(ref))
 
-    def data_inputs(self, name: str) -> list[str]:
-        node = self.nodes[name]
-        return [names.canonical(ref) for ref in node.input if not ref.startswith("^")]
+    def data_inputs(self, name: str) -> tuple[str, ...]:
+        """The tensors node `name` reads, canonical; kept, since every pass asks again."""
+        found = self._inputs.get(name)
+        if found is None:
+            found = self._inputs[name] = tuple(
+                sys.intern(names.canonical(ref)) for ref in self.nodes[name].input if not ref.startswith("^"))
+        return found
+
+    def forget_values(self) -> None:
+        """Drop the memoised constants and inputs (they are recomputed if asked again):
+        once a plan is made, the memory is worth more to the graph being built."""
+        self._const_cache.clear()
+        self._inputs.clear()
+
+    def readers(self, name: str) -> list[str]:
+        """Nodes that read any output of `name`, once per reference, data or control."""
+        return self._users.get(name, [])
+
+    def missing(self) -> list[str]:
+        """Names that nodes read but no node has."""
+        return [source for source in self._users if source not in self.nodes]
+
+    @cached_property
+    def colocated(self) -> dict[str, list[str]]:
+        """name -> the nodes asking to be placed with it (its "loc:@name" in their _class)."""
+        found: dict[str, list[str]] = defaultdict(list)
+        for name, node in self.nodes.items():
+            for source in colocated_with(node):
+                found[source].append(name)
+        return found
 
     def node_consumers(self, name: str) -> set[str]:
         """Every node that reads any output of `name`, data or control."""
@@ -133,7 +178,6 @@ class GraphIndex:
             return ConstValue(inner.value.astype(target), chain + (node.name,) + inner.chain)
         return None
 
-    @cached_property
     def _forward(self) -> dict[str, list[str]]:
         """Readers of each node that order it before them (while-loop back edges dropped)."""
         return {source: users for source, users in self._users.items()
@@ -152,7 +196,7 @@ class GraphIndex:
     def _topology(self) -> tuple[dict[str, int], list[str] | None]:
         """Order and cycle check in one O(nodes + edges) pass (graphlib would build its
         own graph twice; networkx alone costs 0.18 s to import)."""
-        forward = self._forward
+        forward = self._forward()  # not kept: 47k entries at 50k nodes
         waiting = dict.fromkeys(self.nodes, 0)
         for users in forward.values():
             for user in users:

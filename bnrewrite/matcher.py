@@ -1,4 +1,9 @@
-"""match(pattern, index, tensor) -> Match | NoMatch: backtracking over pattern.py trees."""
+"""match(pattern, index, tensor) -> Match | NoMatch: backtracking over pattern.py trees.
+
+Almost every attempt fails, most near the root, so the search keeps one mutable set of
+bindings with an undo trail instead of building a new state at every step; a Match is
+built only from the bindings of a success.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,16 +38,50 @@ class NoMatch:
 def match(pattern: Pattern, index: GraphIndex, tensor: str,
           bound: Mapping[str, str] | None = None) -> Match | NoMatch:
     """First way `pattern` explains `tensor`; `bound` pre-binds Vars (e.g. "x")."""
-    run = _Run(index)
-    start = Match(dict(bound or {}), {}, frozenset())
-    for found in run.match(pattern, names.canonical(tensor), start):
-        return found
+    run = _Run(index, bound)
+    for _ in run.match(pattern, names.canonical(tensor), 0):
+        return Match(dict(run.tensors), dict(run.values), frozenset(run.nodes), frozenset(run.param_nodes))
     return NoMatch(run.deepest[1] or "no match")
 
 
+def _op_types(pattern: Pattern) -> frozenset[str] | None:
+    """The op types an Alt's options all being ops allows (None: it may match any tensor)."""
+    if isinstance(pattern, Op):
+        return pattern.types
+    if isinstance(pattern, Alt):
+        options = [_op_types(option) for option in pattern.options]
+        return None if None in options else frozenset().union(*options)
+    return None
+
+
+# id(pattern) -> (pattern, its op types): hashing a pattern walks its whole tree; keeping the
+# pattern keeps its id from being reused.
+_OP_TYPES: dict[int, tuple[Pattern, frozenset[str] | None]] = {}
+
+
+def _wanted(pattern: Pattern) -> frozenset[str] | None:
+    if type(pattern) is Op:
+        return pattern.types
+    known = _OP_TYPES.get(id(pattern))
+    if known is None or known[0] is not pattern:
+        known = _OP_TYPES[id(pattern)] = (pattern, _op_types(pattern))
+    return known[1]
+
+
+def _skeleton(pattern: Op) -> str:
+    return ", ".join("|".join(sorted(_op_types(p) or {"*"})) for p in pattern.inputs)
+
+
 class _Run:
-    def __init__(self, index: GraphIndex) -> None:
+    """One attempt's bindings. Each generator step binds, yields once per way the rest can
+    match, and undoes its own bindings before it returns."""
+
+    def __init__(self, index: GraphIndex, bound: Mapping[str, str] | None) -> None:
         self.index = index
+        self.tensors: dict[str, str] = dict(bound or {})
+        self.values: dict[str, np.ndarray | None] = {}
+        self.nodes: list[str] = []
+        self.param_nodes: list[str] = []
         self.deepest: tuple[int, str] = (-1, "")
 
     def fail(self, depth: int, why: Callable[[], str]) -> None:
@@ -51,20 +90,23 @@ class _Run:
         if depth > self.deepest[0]:
             self.deepest = (depth, why())
 
-    def match(self, pattern: Pattern, tensor: str, state: Match, depth: int = 0) -> Iterator[Match]:
-        if isinstance(pattern, Op):
-            yield from self._op(pattern, tensor, state, depth)
-        elif isinstance(pattern, Var):
-            yield from self._var(pattern.name, tensor, state, depth)
-        elif isinstance(pattern, (Const, Param)):
-            yield from self._value(pattern, tensor, state, depth)
-        elif isinstance(pattern, Alt):
-            for option in pattern.options:
-                yield from self.match(option, tensor, state, depth)
-        else:
-            raise TypeError(f"not a pattern: {pattern!r}")
+    def match(self, pattern: Pattern, tensor: str, depth: int) -> Iterator[None]:
+        kind = type(pattern)
+        if kind is Op:
+            return self._op(pattern, tensor, depth)
+        if kind is Var:
+            return self._var(pattern.name, tensor, depth)
+        if kind is Const or kind is Param:
+            return self._value(pattern, tensor, depth)
+        if kind is Alt:
+            return self._alt(pattern, tensor, depth)
+        raise TypeError(f"not a pattern: {pattern!r}")
 
-    def _through(self, tensor: str, wanted: frozenset[str]) -> tuple[str, tuple[str, ...]]:
+    def _alt(self, pattern: Alt, tensor: str, depth: int) -> Iterator[None]:
+        for option in pattern.options:
+            yield from self.match(option, tensor, depth)
+
+    def _through(self, tensor: str, wanted: frozenset[str]) -> tuple[str, list[str]]:
         chain: list[str] = []
         node = self.index.node(tensor)
         while node is not None and node.op not in wanted and node.op in EDGE_PASSTHROUGH \
@@ -72,72 +114,102 @@ class _Run:
             chain.append(node.name)
             tensor = names.canonical(node.input[0])
             node = self.index.node(tensor)
-        return tensor, tuple(chain)
+        return tensor, chain
 
-    def _op(self, pattern: Op, tensor: str, state: Match, depth: int) -> Iterator[Match]:
+    def _op(self, pattern: Op, tensor: str, depth: int) -> Iterator[None]:
         tensor, chain = self._through(tensor, pattern.types)
         node = self.index.node(tensor)
-        if node is None or node.op not in pattern.types or names.parse(tensor).index != 0:
+        if node is None or node.op not in pattern.types or ":" in tensor:  # output 0 only
             self.fail(depth, lambda: f"{tensor}: want {'|'.join(sorted(pattern.types))}, "
                                      f"found {node.op if node is not None else 'nothing'}")
             return
-        if pattern.name is not None:
-            known = state.tensors.get(pattern.name)
-            if known is not None and not self._same(known, tensor):
-                self.fail(depth, lambda: f"{tensor}: is not '{pattern.name}' ({known})")
-                return
-            state = Match({**state.tensors, pattern.name: tensor}, state.values, state.nodes, state.param_nodes)
+        captured = pattern.name is not None and pattern.name not in self.tensors
+        if pattern.name is not None and not captured and not self._same(self.tensors[pattern.name], tensor):
+            self.fail(depth, lambda: f"{tensor}: is not '{pattern.name}' ({self.tensors[pattern.name]})")
+            return
         inputs = self.index.data_inputs(node.name)
         if len(inputs) != len(pattern.inputs):
             self.fail(depth, lambda: f"{node.name}: {len(inputs)} inputs, want {len(pattern.inputs)}")
             return
-        state = Match(state.tensors, state.values, state.nodes | {node.name, *chain}, state.param_nodes)
         orders = [inputs]
         if node.op in COMMUTATIVE and len(inputs) == 2 and inputs[0] != inputs[1]:
             orders.append(inputs[::-1])
-        for order in orders:
-            yield from self._all(pattern.inputs, order, state, depth + 1)
-
-    def _all(self, patterns: tuple[Pattern, ...], tensors: list[str], state: Match,
-             depth: int) -> Iterator[Match]:
-        if not patterns:
-            yield state
+        orders = [order for order in orders if self._could_be(pattern.inputs, order)]
+        if not orders:
+            self.fail(depth + 1, lambda: f"{node.name}: inputs are not {_skeleton(pattern)}")
             return
-        for partial in self.match(patterns[0], tensors[0], state, depth):
-            yield from self._all(patterns[1:], tensors[1:], partial, depth)
+        if captured:
+            self.tensors[pattern.name] = tensor
+        mark = len(self.nodes)
+        self.nodes.append(node.name)
+        self.nodes.extend(chain)
+        for order in orders:
+            yield from self._all(pattern.inputs, order, 0, depth + 1)
+        del self.nodes[mark:]
+        if captured:
+            del self.tensors[pattern.name]
+
+    def _could_be(self, patterns: tuple[Pattern, ...], tensors: tuple[str, ...]) -> bool:
+        """Whether each input that a pattern wants to be an op has one of its types: a
+        cheap look one level down that spares most failing attempts the full search."""
+        for pattern, tensor in zip(patterns, tensors):
+            types = _wanted(pattern)
+            if types is not None:
+                node = self.index.node(self._through(tensor, types)[0])
+                if node is None or node.op not in types:
+                    return False
+        return True
+
+    def _all(self, patterns: tuple[Pattern, ...], tensors: tuple[str, ...], i: int,
+             depth: int) -> Iterator[None]:
+        if i == len(patterns):
+            yield
+            return
+        for _ in self.match(patterns[i], tensors[i], depth):
+            yield from self._all(patterns, tensors, i + 1, depth)
 
     def _same(self, a: str, b: str) -> bool:
-        return self._through(a, frozenset())[0] == self._through(b, frozenset())[0]
+        return a == b or self._through(a, frozenset())[0] == self._through(b, frozenset())[0]
 
-    def _var(self, name: str, tensor: str, state: Match, depth: int) -> Iterator[Match]:
-        known = state.tensors.get(name)
+    def _var(self, name: str, tensor: str, depth: int) -> Iterator[None]:
+        known = self.tensors.get(name)
         if known is None:
-            yield Match({**state.tensors, name: tensor}, state.values, state.nodes, state.param_nodes)
+            self.tensors[name] = tensor
+            yield
+            del self.tensors[name]
         elif self._same(known, tensor):
-            yield state
+            yield
         else:
             self.fail(depth, lambda: f"{tensor}: is not '{name}' ({known})")
 
-    def _value(self, pattern: Const | Param, tensor: str, state: Match, depth: int) -> Iterator[Match]:
+    def _value(self, pattern: Const | Param, tensor: str, depth: int) -> Iterator[None]:
         const = self.index.const_value(tensor)
-        if const is None and isinstance(pattern, Const):
+        if const is None and type(pattern) is Const:
             self.fail(depth, lambda: f"{tensor}: not a constant ('{pattern.name}')")
             return
-        if isinstance(pattern, Const) and pattern.scalar and const.value.size != 1:
+        if type(pattern) is Const and pattern.scalar and const.value.size != 1:
             self.fail(depth, lambda: f"{tensor}: not a scalar ('{pattern.name}')")
             return
         value = None if const is None else const.value
-        if pattern.name in state.values:
-            if not self._same_value(state, pattern.name, tensor, value):
+        if pattern.name in self.values:
+            if not self._same_value(pattern.name, tensor, value):
                 self.fail(depth, lambda: f"{tensor}: differs from '{pattern.name}'")
                 return
-            yield state
+            yield
             return
-        yield Match({**state.tensors, pattern.name: tensor}, {**state.values, pattern.name: value},
-                    state.nodes, state.param_nodes | set(const.chain if const else ()))
+        shadowed = self.tensors.get(pattern.name)
+        self.tensors[pattern.name], self.values[pattern.name] = tensor, value
+        mark = len(self.param_nodes)
+        self.param_nodes.extend(const.chain if const else ())
+        yield
+        del self.param_nodes[mark:], self.values[pattern.name]
+        if shadowed is None:
+            del self.tensors[pattern.name]
+        else:
+            self.tensors[pattern.name] = shadowed
 
-    def _same_value(self, state: Match, name: str, tensor: str, value: np.ndarray | None) -> bool:
-        known = state.values[name]
+    def _same_value(self, name: str, tensor: str, value: np.ndarray | None) -> bool:
+        known = self.values[name]
         if known is None or value is None:
-            return self._same(state.tensors[name], tensor)
+            return self._same(self.tensors[name], tensor)
         return known.shape == value.shape and bool(np.array_equal(known, value))

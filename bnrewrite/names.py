@@ -34,9 +34,10 @@ def tensor_name(node: str, index: int = 0) -> str:
 
 def canonical(ref: str) -> str:
     """"node:0" and "node" name the same tensor; use one spelling everywhere."""
-    return str(parse(ref))
+    return ref if ":" not in ref else str(parse(ref))  # most names have no port: no parse
 
 
-@lru_cache(maxsize=1 << 12)
 def node_of(ref: str) -> str:
+    if ":" not in ref and not ref.startswith("^"):
+        return ref
     return parse(ref).node

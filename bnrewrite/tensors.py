@@ -5,6 +5,8 @@ in a typed `*_val` list that TensorFlow pads by repeating the last element.
 """
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -55,7 +57,7 @@ def to_numpy(tensor: Any) -> np.ndarray | None:
     if entry is None or shape is None or any(d < 0 for d in shape):
         return None
     np_type, field = entry
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     if size > MAX_ELEMENTS:
         return None
     if tensor.tensor_content:
@@ -81,8 +83,7 @@ def to_proto(array: np.ndarray) -> Any:
     """Encode a numpy array as a packed TensorProto (deterministic bytes). A 0-d array
     stays a scalar (np.ascontiguousarray would make it shape [1])."""
     array = np.asarray(array, order="C")
-    proto = tensor_pb2.TensorProto(dtype=dtype_enum(array.dtype))
-    for d in array.shape:
-        proto.tensor_shape.dim.add(size=int(d))
-    proto.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-    return proto
+    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big"):
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return tensor_pb2.TensorProto(dtype=dtype_enum(array.dtype), tensor_content=array.tobytes(),
+                                  tensor_shape={"dim": [{"size": int(d)} for d in array.shape]})
