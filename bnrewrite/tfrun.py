@@ -124,10 +124,10 @@ class _Worker:
 
     def stop(self) -> int:
         """End the worker (nothing to save in it) and remove its directory."""
-        if self.process.poll() is None:
-            self.process.kill()
         import shutil
 
+        if self.process.poll() is None:
+            self.process.kill()
         code = self.process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
         return code

@@ -298,8 +298,8 @@ def bench_zoo(count: int = 200) -> None:
 def cache_bytecode() -> None:
     """Cold starts are timed as users have them: with bnrewrite's bytecode cached, as pip
     writes it at install. A checkout run with PYTHONDONTWRITEBYTECODE=1 (as on the
-    machines here) would compile every module in every process: 40-60 ms of a 0.22 s
-    cold audit of the 1k-node graph."""
+    machines here) would compile every module in every process: 40-65 ms of each cold
+    audit of the 1k-node graph (0.25-0.35 s here)."""
     compileall.compile_dir(str(ROOT / "bnrewrite"), quiet=1)
 
 
