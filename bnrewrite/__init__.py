@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.util
-import sys
 from collections import Counter
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -21,17 +19,20 @@ import numpy as np
 
 from . import graphio, names, registry, rescue, safety, tensors, validate
 from . import rewrite as _rewrite
+# Imported here although only verification needs it: the public `verify` below shares its
+# name, and a submodule imported after this file ran would replace that function.
+from . import verify as _verify
 from .errors import (BnRewriteError, CannotVerifyError, GraphLoadError, GraphRunError, InvalidGraphError,
                      UnsafeGraphError, VerificationError, VerifyMemoryLimit, VerifyTimeout)
 from .graphio import load_graph, save_graph
 from .index import GraphIndex
+from .verify import Options as VerifyOptions
+from .verify import Verification
 from .report import AuditReport, BatchNormEntry, GraphInfo, RewriteReport, entry
 from .rescue import TrainingModeError
 
 if TYPE_CHECKING:
     from . import phase
-    from .verify import Options as VerifyOptions
-    from .verify import Verification
 
 __all__ = [
     "AuditReport", "BatchNormEntry", "BnRewriteError", "CannotVerifyError", "GraphInfo", "GraphLoadError",
@@ -40,31 +41,6 @@ __all__ = [
     "VerifyMemoryLimit", "VerifyOptions", "VerifyTimeout", "audit", "load_graph", "rewrite", "save_graph", "verify",
 ]
 __version__ = "0.1.0"
-
-
-def _registered_lazily(name: str) -> Any:
-    """Submodule `name`, in sys.modules now and run when first used (importlib's LazyLoader).
-    Used for verify.py: an audit never verifies (running verify.py and the layout.py it
-    imports costs 2-4 ms of a cold audit), and the submodule must be registered before the
-    public `verify` below is defined: the import system sets a package's attribute to each
-    submodule it loads, so loading it later would replace that function."""
-    spec = importlib.util.find_spec(f"{__name__}.{name}")
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_verify = _registered_lazily("verify")
-_FROM_VERIFY = {"VerifyOptions": "Options", "Verification": "Verification"}
-
-
-def __getattr__(name: str) -> Any:
-    """VerifyOptions and Verification, from verify.py when first asked for."""
-    if name in _FROM_VERIFY:
-        return getattr(_verify, _FROM_VERIFY[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = (),
@@ -183,12 +159,11 @@ def _rewrite_graph(graph_def: Any, mode: str, outputs: Sequence[str], path: str 
     return graphio.like(result, graph_def), report
 
 
-def verify(original: Any, rewritten: Any, options: VerifyOptions | None = None) -> Verification:
-    """Run both graphs in TensorFlow on the same seeded inputs and compare every output
-    (`options`: VerifyOptions() when None); where one differs, name the first batch norm
-    of the original whose output differs."""
+def verify(original: Any, rewritten: Any, options: VerifyOptions = VerifyOptions()) -> Verification:
+    """Run both graphs in TensorFlow on the same seeded inputs and compare every output;
+    where one differs, name the first batch norm of the original whose output differs."""
     trace = [entry.output for entry in audit(original).batch_norms]
-    return _verify.verify(original, rewritten, options or _verify.Options(), trace=trace)
+    return _verify.verify(original, rewritten, options, trace=trace)
 
 
 @contextlib.contextmanager

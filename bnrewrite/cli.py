@@ -8,19 +8,16 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from . import __version__, load_graph, registry, rewrite, save_graph, tfrun, verify, zoo
 from .errors import BnRewriteError, CannotVerifyError
-from .feeds import DEFAULT_BATCH
 from .plan import TARGETS
 from .rescue import POLICIES
 from .report import EXIT_BAD_INPUT, EXIT_DIFFERS, EXIT_INTERRUPTED, EXIT_OK, exit_code, to_json, verification_lines
-
-if TYPE_CHECKING:
-    from .verify import Options
+from .verify import BASE_TIMEOUT, DEFAULT_BATCH, TIMEOUT_PER_NODE, Options
 
 
 class UsageError(BnRewriteError):
@@ -159,8 +156,8 @@ def _limit_flags(cmd: argparse.ArgumentParser) -> None:
                      help="run the graph even if it holds ops with side effects (files, Python, ...): "
                           "only for graphs you trust")
     cmd.add_argument("--timeout", type=_seconds, metavar="SECONDS",
-                     help=f"time limit per run of a graph (default {tfrun.BASE_TIMEOUT:g} s + "
-                          f"{tfrun.TIMEOUT_PER_NODE:g} s per node)")
+                     help=f"time limit per run of a graph (default {BASE_TIMEOUT:g} s + "
+                          f"{TIMEOUT_PER_NODE:g} s per node)")
     cmd.add_argument("--max-memory", type=_size, metavar="SIZE",
                      help="memory limit of the TensorFlow worker, e.g. 4G or 512M "
                           "(default: half the machine's memory)")
@@ -290,8 +287,6 @@ def _need_tensorflow(path: str, why: str, otherwise: str) -> None:
 
 
 def _options(args: argparse.Namespace) -> Options:
-    from .verify import Options  # an audit without --probe never loads verification
-
     return Options(inputs=args.inputs, outputs=args.outputs, batch=args.batch,
                    shapes=dict(_shape(spec) for spec in args.input_shape),
                    values=dict(_feed(spec) for spec in args.feed),

@@ -23,7 +23,6 @@ from .index import PASSTHROUGH, GraphIndex
 if TYPE_CHECKING:
     from .verify import Options
 
-DEFAULT_BATCH = 2  # an unknown batch dimension (--batch)
 MAX_FEED_ELEMENTS = 1 << 27  # 512 MiB of float32: more is a broken shape, not a test input
 IMAGE_SIDE = 224  # a realistic image when the graph says nothing
 MIN_SIDE, MAX_SIDE = 32, 512

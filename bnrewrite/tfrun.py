@@ -47,9 +47,6 @@ CREDENTIALS = ("AWS_*", "AZURE_*", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_*CR
                "SSH_AUTH_SOCK", "NETRC", "KUBECONFIG")
 STARTUP_TIMEOUT = 300.0  # importing TensorFlow: ~3 s here, much more on a loaded machine
 DEFAULT_MEMORY_FRACTION = 0.5  # of the machine's physical memory
-# Default time limit per run of a graph: generous, since a run here takes seconds; graphs
-# with more nodes may run longer.
-BASE_TIMEOUT, TIMEOUT_PER_NODE = 60.0, 0.1
 ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
 MISSING = ("TensorFlow is not installed, so nothing can be verified: pip install 'bnrewrite[tensorflow]', "
            "or skip verification (--no-verify; verify=None in the API)")

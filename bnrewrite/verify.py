@@ -28,7 +28,7 @@ import numpy as np
 
 from . import graphio, layout, safety, tensors, tfrun
 from .errors import GraphRunError, UnsafeGraphError
-from .feeds import DEFAULT_BATCH, bool_inputs, make_feeds
+from .feeds import bool_inputs, make_feeds
 from .index import GraphIndex
 
 # dtype -> (rtol, atol) when calibration is off (--rtol/--atol) or cannot be used.
@@ -37,8 +37,12 @@ TOLERANCES = {np.dtype(np.float32): (1e-5, 1e-6), np.dtype(np.float64): (1e-9, 1
               np.dtype(np.float16): (5e-3, 1e-3)}
 NOISE_MULTIPLE = 8.0
 FLOOR_ULPS = 16.0  # reordered arithmetic measured here: up to 4 ulps of the scale
+DEFAULT_BATCH = 2
 MAX_BOOL_INPUTS = 4  # every combination of their values: 16 verifications at most
 SEED = 0x5EED  # of the perturbation: the same graph gets the same noise
+# Default time limit per run of a graph: generous, since a run here takes seconds; graphs
+# with more nodes may run longer.
+BASE_TIMEOUT, TIMEOUT_PER_NODE = 60.0, 0.1
 
 
 @dataclass(frozen=True)
@@ -161,11 +165,11 @@ def unchecked(graphs: Sequence[Any], fetches: Sequence[str], options: Options) -
 
 
 def limits(graph_def: Any, options: Options) -> tfrun.Limits:
-    """The limits of one run: as given, or tfrun's defaults (BASE_TIMEOUT + TIMEOUT_PER_NODE
-    x nodes, and its share of the machine's memory)."""
+    """The limits of one run: as given, or BASE_TIMEOUT + TIMEOUT_PER_NODE x nodes and
+    tfrun's share of the machine's memory."""
     timeout = options.timeout
     if timeout is None:
-        timeout = tfrun.BASE_TIMEOUT + tfrun.TIMEOUT_PER_NODE * len(graphio.as_internal(graph_def).node)
+        timeout = BASE_TIMEOUT + TIMEOUT_PER_NODE * len(graphio.as_internal(graph_def).node)
     return tfrun.Limits(timeout, tfrun.default_max_memory() if options.max_memory is None else options.max_memory)
 
 

@@ -11,14 +11,12 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from . import audit, load_graph, rewrite, save_graph
 from .errors import BnRewriteError, GraphLoadError
 from .report import EXIT_OK, AuditReport, RewriteReport, exit_code
-
-if TYPE_CHECKING:
-    from .verify import Options
+from .verify import Options, unchecked
 
 GRAPH_SUFFIXES = (".pb", ".pbtxt")
 
@@ -64,7 +62,6 @@ def audit_one(path: Path | GraphLoadError, outputs: Sequence[str], probing: Opti
         report = audit(graph, label, outputs, **setting)
         if probing is not None:
             from .probe import probe  # runs TensorFlow: an audit without --probe does not load it
-            from .verify import unchecked
 
             report.probe = [asdict(p) for p in probe(graph, probing)]
             report.trusted = unchecked([graph], list(outputs) or report.graph.outputs, probing)

@@ -16,10 +16,9 @@ AUDIT = ("import contextlib, io, sys; from bnrewrite.cli import main\n"
          "print(code, *sys.modules)")
 # importlib.metadata: registry.py reads entry points itself; importlib.resources and zipfile:
 # safety.py reads its data with pkgutil; tempfile and subprocess: saving a graph and the
-# TensorFlow worker import them; phase: --set and learning-phase conds; probe: --probe;
-# layout: verify.py imports it, and verify.py is registered but runs only when first used.
-UNUSED = {"tensorflow", "bnrewrite.probe", "bnrewrite.phase", "bnrewrite.layout", "importlib.metadata",
-          "importlib.resources", "zipfile", "email", "tempfile", "subprocess"}
+# TensorFlow worker import them; phase: --set and learning-phase conds; probe: --probe.
+UNUSED = {"tensorflow", "bnrewrite.probe", "bnrewrite.phase", "importlib.metadata", "importlib.resources",
+          "zipfile", "email", "tempfile", "subprocess"}
 
 
 def _modules(code: str, *args: str) -> list[str]:
@@ -36,9 +35,10 @@ def test_a_cold_audit_imports_only_what_it_uses():
     assert sorted((set(loaded) - baseline) & UNUSED) == []
 
 
-def test_the_verify_module_loaded_late_leaves_the_verify_function():
-    """The package registers verify.py lazily: a first import of it after the package's
-    own must not replace the public bnrewrite.verify, as a plain late import would."""
+def test_the_verify_module_imported_late_leaves_the_verify_function():
+    """The package imports verify.py itself, before defining the public bnrewrite.verify:
+    the import system names each submodule it loads on its package, so a first import of
+    verify.py afterwards (made lazy to spare an audit) would replace that function."""
     code = ("import bnrewrite; from bnrewrite.verify import Options, compare; "
             "print(callable(bnrewrite.verify), bnrewrite.VerifyOptions is Options, callable(compare))")
     assert _modules(code) == ["True", "True", "True"]
