@@ -80,8 +80,8 @@ def _size_text(size: int) -> str:
 
 class _Worker:
     def __init__(self, max_memory: int) -> None:
-        # Here, not at the top: a process that starts no worker (an audit) does not pay the
-        # 5 ms they take to import (shutil and tempfile import bz2, lzma, random, ...).
+        # Here, not at the top: a process that starts no worker (an audit) does not import
+        # them (subprocess, and tempfile with random and shutil: 3-5 ms).
         import subprocess
         import tempfile
 

@@ -37,8 +37,8 @@ def test_a_cold_audit_imports_only_what_it_uses():
 
 def test_the_verify_module_imported_late_leaves_the_verify_function():
     """The package imports verify.py itself, before defining the public bnrewrite.verify:
-    the import system names each submodule it loads on its package, so a first import of
-    verify.py afterwards (made lazy to spare an audit) would replace that function."""
+    the import system names each submodule it loads on its package, so importing verify.py
+    only when something first verifies (to spare an audit) would replace that function."""
     code = ("import bnrewrite; from bnrewrite.verify import Options, compare; "
             "print(callable(bnrewrite.verify), bnrewrite.VerifyOptions is Options, callable(compare))")
     assert _modules(code) == ["True", "True", "True"]
