@@ -13,12 +13,14 @@ import contextlib
 import gc
 from collections import Counter
 from dataclasses import asdict, replace
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import graphio, names, phase, registry, rescue, safety, tensors, validate
+from . import graphio, names, registry, rescue, safety, tensors, validate
 from . import rewrite as _rewrite
+# Imported here although only verification needs it: the public `verify` below shares its
+# name, and a submodule imported after this file ran would replace that function.
 from . import verify as _verify
 from .errors import (BnRewriteError, CannotVerifyError, GraphLoadError, GraphRunError, InvalidGraphError,
                      UnsafeGraphError, VerificationError, VerifyMemoryLimit, VerifyTimeout)
@@ -28,6 +30,9 @@ from .verify import Options as VerifyOptions
 from .verify import Verification
 from .report import AuditReport, BatchNormEntry, GraphInfo, RewriteReport, entry
 from .rescue import TrainingModeError
+
+if TYPE_CHECKING:
+    from . import phase
 
 __all__ = [
     "AuditReport", "BatchNormEntry", "BnRewriteError", "CannotVerifyError", "GraphInfo", "GraphLoadError",
@@ -87,12 +92,16 @@ def _resolved(graph: Any, outputs: Sequence[str], set_values: Mapping[str, Any] 
               set_defaults: bool) -> tuple[Any, phase.Resolution | None]:
     if not set_values and not set_defaults:
         return graph, None
+    from . import phase  # only --set and --set-defaults resolve conds: others skip the import
+
     return phase.resolve(graph, set_values or {}, set_defaults, keep=outputs)
 
 
 def _what_set_does(graph: Any, entries: list[BatchNormEntry], outputs: Sequence[str]) -> None:
     """For each learning-phase cond, what each value of its bool inputs would keep: e.g.
     "--set keras_learning_phase=0 keeps the inference branch: fold into conv1/Conv2D"."""
+    from . import phase
+
     index = GraphIndex(graph)
     for name in index.inferred_inputs():
         if tensors.numpy_dtype(index.nodes[name].attr["dtype"].type) != np.bool_:

@@ -7,7 +7,6 @@ TensorFlow's protos (DESIGN §6), so loading never imports TensorFlow.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,8 @@ def load_graph(path: str | os.PathLike[str]) -> Any:
 
 def save_graph(graph_def: Any, path: str | os.PathLike[str]) -> None:
     """Write deterministically via a temporary file and rename: never a partial file."""
+    import tempfile  # only a save pays for it (3 ms): an audit writes nothing
+
     target = Path(path)
     if str(target).lower().endswith(TEXT_SUFFIXES):
         data = text_format.MessageToString(graph_def).encode()

@@ -14,9 +14,13 @@ would leave their batch norms unfolded without a word.
 """
 from __future__ import annotations
 
+import os
+import re
+import sys
 from dataclasses import dataclass
 from functools import cache
 from importlib import import_module
+from importlib.machinery import PathFinder
 from typing import Any, Mapping
 
 from .errors import BnRewriteError
@@ -94,7 +98,7 @@ def listing() -> list[dict[str, Any]]:
 
 
 def _entries(group: str) -> list[Entry]:
-    found = [Entry(group, ep.name, ep.value, _distribution(ep)) for ep in _installed(group)]
+    found = [entry for entry in _scanned() if entry.group == group]
     core_names = [name for name, _ in BUILTIN[group]]
     core = [e for e in found if e.distribution.split()[0] == CORE]
     if not core:
@@ -106,23 +110,90 @@ def _entries(group: str) -> list[Entry]:
 
 
 @cache
-def _scanned() -> Any:
-    # importlib.metadata costs 10-20 ms to import and 2-4 ms a scan of site-packages:
-    # imported only here, and one scan serves both groups
+def _scanned() -> tuple[Entry, ...]:
+    """The entries of both groups that installed distributions declare, one scan for both.
+
+    Read from each `*.dist-info` / `*.egg-info` folder on sys.path (its entry_points.txt and,
+    where it declares one of ours, its METADATA), as importlib.metadata reads them: the first
+    distribution of a name on sys.path wins. Importing importlib.metadata (email, zipfile,
+    csv) costs 10-20 ms, a tenth of a cold audit; this scan costs 1-2 ms. What it does not
+    read (a zip or an .egg on sys.path, an import hook that supplies distributions) is left
+    to importlib.metadata."""
+    roots = [str(root) or "." for root in sys.path]  # sys.path may hold Path objects
+    if any(root.lower().endswith(".egg") or os.path.isfile(root) for root in roots) or any(
+            hasattr(finder, "find_distributions") for finder in sys.meta_path if finder is not PathFinder):
+        return _from_importlib()
+    found: list[Entry] = []
+    seen: set[str] = set()
+    for root in roots:
+        try:
+            children = os.listdir(root)
+        except OSError:  # not there (sys.path may name anything)
+            continue
+        for child in children:
+            stem, _, suffix = child.rpartition(".")
+            if suffix.lower() not in ("dist-info", "egg-info"):
+                continue
+            name = re.sub(r"[-_.]+", "_", stem.partition("-")[0]).lower()
+            if name not in seen:
+                seen.add(name)
+                found.extend(_declared(os.path.join(root, child)))
+    return _unique(found)
+
+
+def _declared(folder: str) -> list[Entry]:
+    """The entries of our groups in one distribution's entry_points.txt (INI sections)."""
+    try:
+        with open(os.path.join(folder, "entry_points.txt"), encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:  # it declares none, or it is an old .egg-info file
+        return []
+    pairs, group = [], ""
+    for line in map(str.strip, lines):
+        if line.startswith("[") and line.endswith("]"):
+            group = line[1:-1].strip()
+        elif group in BUILTIN and "=" in line and not line.startswith(("#", ";")):
+            name, _, value = line.partition("=")
+            pairs.append((group, name.strip(), value.strip()))
+    distribution = _distribution(folder) if pairs else ""
+    return [Entry(group, name, value, distribution) for group, name, value in pairs]
+
+
+def _distribution(folder: str) -> str:
+    """"name version" from the metadata's header lines (those before the first blank one)."""
+    for filename in ("METADATA", "PKG-INFO"):
+        try:
+            with open(os.path.join(folder, filename), encoding="utf-8") as handle:
+                header = handle.read().split("\n\n", 1)[0]
+        except OSError:
+            continue
+        fields: dict[str, str] = {}
+        for line in header.splitlines():
+            key, colon, value = line.partition(":")
+            if colon:
+                fields.setdefault(key.strip().lower(), value.strip())
+        return f"{fields.get('name')} {fields.get('version')}"
+    return "(unknown)"
+
+
+def _from_importlib() -> tuple[Entry, ...]:
     from importlib.metadata import entry_points
-    return entry_points()
+    found = []
+    for group in BUILTIN:
+        for ep in entry_points(group=group):
+            dist = getattr(ep, "dist", None)
+            found.append(Entry(group, ep.name, ep.value,
+                               f"{dist.metadata['Name']} {dist.version}" if dist is not None else "(unknown)"))
+    return _unique(found)
 
 
-def _installed(group: str) -> list[Any]:
-    seen: dict[tuple[str, str], Any] = {}
-    for ep in _scanned().select(group=group):  # one distribution on sys.path twice lists twice
-        seen.setdefault((ep.name, ep.value), ep)
-    return list(seen.values())
-
-
-def _distribution(ep: Any) -> str:
-    dist = getattr(ep, "dist", None)
-    return f"{dist.metadata['Name']} {dist.version}" if dist is not None else "(unknown)"
+def _unique(found: list[Entry]) -> tuple[Entry, ...]:
+    """The first entry of each group, name and value: one distribution on sys.path twice
+    under two names lists its entries twice."""
+    first: dict[tuple[str, str, str], Entry] = {}
+    for entry in found:
+        first.setdefault((entry.group, entry.name, entry.value), entry)
+    return tuple(first.values())
 
 
 def _load(entry: Entry, kind: type) -> tuple[Any, ...]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import pkgutil
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from typing import Any, Iterable, Iterator, Sequence
 
 from . import names
@@ -67,7 +67,8 @@ def matches(op: str, patterns: Iterable[str]) -> bool:
 
 @lru_cache(maxsize=None)
 def _registry() -> dict[str, bool]:
-    data = json.loads((resources.files(__package__) / "data" / "op_registry.json").read_text())
+    # pkgutil, not importlib.resources: that costs 4-5 ms (it imports zipfile) of every audit
+    data = json.loads(pkgutil.get_data(__package__, "data/op_registry.json"))
     return {**dict.fromkeys(data["stateless"], False), **dict.fromkeys(data["stateful"], True)}
 
 

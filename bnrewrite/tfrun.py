@@ -28,11 +28,8 @@ import importlib.util
 import os
 import pickle
 import re
-import shutil
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -83,6 +80,11 @@ def _size_text(size: int) -> str:
 
 class _Worker:
     def __init__(self, max_memory: int) -> None:
+        # Here, not at the top: a process that starts no worker (an audit) does not import
+        # them (subprocess, and tempfile with random and shutil: 3-5 ms).
+        import subprocess
+        import tempfile
+
         self.max_memory = max_memory
         self.directory = tempfile.mkdtemp(prefix="bnrewrite-worker-")
         env = {ONEDNN: "1", **{k: v for k, v in os.environ.items() if not _is_credential(k)}}
@@ -119,6 +121,8 @@ class _Worker:
 
     def stop(self) -> int:
         """End the worker (nothing to save in it) and remove its directory."""
+        import shutil
+
         if self.process.poll() is None:
             self.process.kill()
         code = self.process.wait()
@@ -249,6 +253,8 @@ def _full_name(name: str) -> str:
 def _orphaned(parent: int) -> None:
     """A graph in an endless loop never reads its stdin's end: end with the parent, and
     remove the working directory it would have removed."""
+    import shutil
+
     while os.getppid() == parent:
         time.sleep(1)
     shutil.rmtree(os.getcwd(), ignore_errors=True)

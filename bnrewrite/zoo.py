@@ -16,7 +16,6 @@ from typing import Any, Callable, Mapping, Sequence
 from . import audit, load_graph, rewrite, save_graph
 from .errors import BnRewriteError, GraphLoadError
 from .report import EXIT_OK, AuditReport, RewriteReport, exit_code
-from .probe import probe
 from .verify import Options, unchecked
 
 GRAPH_SUFFIXES = (".pb", ".pbtxt")
@@ -62,6 +61,8 @@ def audit_one(path: Path | GraphLoadError, outputs: Sequence[str], probing: Opti
         graph = load_graph(path)
         report = audit(graph, label, outputs, **setting)
         if probing is not None:
+            from .probe import probe  # runs TensorFlow: an audit without --probe does not load it
+
             report.probe = [asdict(p) for p in probe(graph, probing)]
             report.trusted = unchecked([graph], list(outputs) or report.graph.outputs, probing)
         return Outcome(label, EXIT_OK, report)

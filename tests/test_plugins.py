@@ -4,6 +4,7 @@ a broken plugin is one line and exit 2. The plugin is tests/plugin_example, "ins
 putting a dist-info made from its pyproject.toml on sys.path for one test only."""
 from __future__ import annotations
 
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -84,6 +85,30 @@ def test_installed_core_entries_keep_the_catalogue_order(plugin):
     plugin({group: dict(reversed(entries)) for group, entries in registry.BUILTIN.items()}, "bnrewrite")
     used = [(r.entry.name, r.entry.distribution) for r in registry.registered(registry.VARIANTS)]
     assert used == [(name, "bnrewrite 0.1") for name, _ in registry.BUILTIN[registry.VARIANTS]]
+
+
+def test_entry_points_are_read_as_importlib_metadata_reads_them(plugin, tmp_path, monkeypatch):
+    """registry.py reads the metadata folders itself (importing importlib.metadata costs a
+    tenth of a cold audit): it must find what importlib.metadata finds; a second copy of a
+    distribution later on sys.path changes nothing."""
+    plugin()
+    _install(tmp_path / "later", {registry.VARIANTS: {"shadowed": "toy_bn_plugin:VARIANTS"}})
+    monkeypatch.setattr(sys, "path", [*sys.path, tmp_path / "later"])  # a Path, as sys.path may hold
+    registry.forget()
+    scanned = registry._scanned()
+    assert scanned == registry._from_importlib()
+    assert {(e.group, e.name, e.distribution) for e in scanned if e.distribution.startswith("toy")} == {
+        (registry.VARIANTS, "toy", "toy-bn-plugin 0.1"), (registry.HOSTS, "batch_matmul", "toy-bn-plugin 0.1")}
+
+
+def test_a_plugin_in_a_zip_on_sys_path_is_found(plugin, tmp_path, monkeypatch):
+    """A zip on sys.path is left to importlib.metadata, which reads inside it."""
+    plugin({registry.VARIANTS: {}})  # the plugin's module on sys.path, its metadata only in the zip
+    _install(tmp_path / "zipped", {registry.VARIANTS: {"toy": "toy_bn_plugin:VARIANTS"}}, "zipped-plugin")
+    monkeypatch.syspath_prepend(shutil.make_archive(str(tmp_path / "site"), "zip", tmp_path / "zipped"))
+    registry.forget()
+    [toy] = [reg for reg in registry.registered(registry.VARIANTS) if reg.entry.name == "toy"]
+    assert toy.entry.distribution == "zipped-plugin 0.1" and toy.items[0].form == "ToyBatchNorm"
 
 
 def test_a_plugin_cannot_take_a_core_host(plugin):
