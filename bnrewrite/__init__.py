@@ -58,7 +58,7 @@ def audit(graph_def: Any, path: str | None = None, outputs: Sequence[str] = (),
         if resolution is not None or rescued.rescued:
             index = validate.check(graph, path, outputs)
         info = _info(graph, index, path)
-        _, decisions, _ = _rewrite.planned(graph, index, "fold", _fetched(info, outputs), target)
+        _, decisions, _ = _rewrite.planned(graph, index, "fold", _fetched(info, outputs), target, decide_only=True)
         entries = [entry(decision) for decision in decisions]
         if any(e.branches for e in entries):
             _what_set_does(graph, entries, outputs)
@@ -109,7 +109,8 @@ def _what_set_does(graph: Any, entries: list[BatchNormEntry], outputs: Sequence[
         for value in (False, True):
             resolved, _ = phase.resolve(graph, {name: value}, keep=outputs)
             after = GraphIndex(resolved)
-            _, decisions, _ = _rewrite.planned(resolved, after, "fold", _fetched(_info(resolved, after, None), outputs))
+            _, decisions, _ = _rewrite.planned(resolved, after, "fold", _fetched(_info(resolved, after, None), outputs),
+                                               decide_only=True)
             planned = {d.finding.output: entry(d) for d in decisions}
             for cond in entries:
                 for role, branch in cond.branches.items():

@@ -148,14 +148,17 @@ def apply(graph: Any, index: GraphIndex, decisions: Iterable[Decision], protecte
     return editor.result(candidates - protected)
 
 
-def planned(graph: Any, index: GraphIndex, mode: str, protected: frozenset[str], target: str = "tf2"
-            ) -> tuple[Any, list[Decision], list[str]]:
+def planned(graph: Any, index: GraphIndex, mode: str, protected: frozenset[str], target: str = "tf2",
+            decide_only: bool = False) -> tuple[Any | None, list[Decision], list[str]]:
     """Plan and apply; then fold the batch norms that waited for a consumer whose weights
     took a backward fold in the same pass ("consumer-folded"): planned again on the
     result, where those weights are plain constants. Returns the graph, one decision per
     batch norm of the original (the second pass's outcome where it folded one), and the
-    control edges dropped. The audit shows these decisions, so it says what this does."""
+    control edges dropped. The audit shows these decisions, so it says what this does;
+    it asks `decide_only`, and gets no graph unless a second pass needed one."""
     decisions = make_plan(index, mode, protected, target)
+    if decide_only and not any(d.reason == "consumer-folded" for d in decisions):
+        return None, decisions, []
     result, dropped = apply(graph, index, decisions, protected)
     waiting = {d.finding.output: d for d in decisions if d.reason == "consumer-folded"}
     if not waiting:
