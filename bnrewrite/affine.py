@@ -171,8 +171,11 @@ class Analysis:
             if node is None or names.parse(tensor).index != 0 or self.index.node_consumers(node.name) != {user}:
                 return None
             if node.op in PASSTHROUGH or (node.op in FAKE_QUANT and not quant and self._fixed_range(node.name)):
+                data = self.index.data_inputs(node.name)
+                if not data:  # malformed (an Identity reading nothing): TensorFlow refuses it
+                    return None
                 (quant if node.op in FAKE_QUANT else through).append(node.name)
-                user, tensor = node.name, names.canonical(node.input[0])
+                user, tensor = node.name, data[0]
                 continue
             return (node.name, through, quant) if self._step(node.name) is not None else None
 

@@ -120,7 +120,10 @@ class Evaluator:
         parts = [self._constant(t) for t in inputs]
         if any(p is None for p in parts):
             return None
-        value = np.asarray(table[node.op](*(p.value for p in parts)), np.float64)
+        try:
+            value = np.asarray(table[node.op](*(p.value for p in parts)), np.float64)
+        except ValueError:  # shapes that do not broadcast: TensorFlow refuses the graph
+            return None
         if value.size > MAX_CONSTANT:
             return None
         norms = tuple(n for p in parts for n in p.norms) + self._norm(node, inputs, parts)
