@@ -107,7 +107,10 @@ def _what_set_does(graph: Any, entries: list[BatchNormEntry], outputs: Sequence[
         if tensors.numpy_dtype(index.nodes[name].attr["dtype"].type) != np.bool_:
             continue
         for value in (False, True):
-            resolved, _ = phase.resolve(graph, {name: value}, keep=outputs)
+            try:
+                resolved, _ = phase.resolve(graph, {name: value}, keep=outputs)
+            except phase.SetError:  # what --set cannot do, the audit does not describe
+                continue
             after = GraphIndex(resolved)
             _, decisions, _ = _rewrite.planned(resolved, after, "fold", _fetched(_info(resolved, after, None), outputs),
                                                decide_only=True)

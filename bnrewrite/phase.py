@@ -14,6 +14,7 @@ No TensorFlow here; the caller's GraphDef is never changed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -67,6 +68,8 @@ def resolve(graph_def: Any, values: Mapping[str, Any] = {}, defaults: bool = Fal
         shape = tensors.shape_of(old.attr["shape"].shape) if "shape" in old.attr else None
         array = np.asarray(value, dtype)
         if shape is not None and min(shape, default=0) >= 0:
+            if math.prod(shape) > tensors.MAX_ELEMENTS:
+                raise SetError(f"--set {name}: its shape {list(shape)} is too large for a constant")
             array = np.full(shape, value, dtype)
         old.CopyFrom(nodes.const(name, array, old.device))
     index = GraphIndex(graph)

@@ -93,6 +93,15 @@ def test_set_errors_are_one_line_and_exit_2(tmp_path, capsys):
         phase.resolve(graph, {"keras_learning_phase": 2})
     with pytest.raises(phase.SetError, match="is fetched"):
         phase.resolve(graph, {"keras_learning_phase": True}, keep=["batch_normalization_1/cond/batchnorm/add_1"])
+    huge = type(graph)()
+    huge.CopyFrom(graph)
+    shaped = next(n for n in huge.node if n.name == "keras_learning_phase").attr["shape"].shape
+    del shaped.dim[:]
+    shaped.unknown_rank = False
+    shaped.dim.add(size=2**31)  # a constant of that shape would take 2 GB (the fuzzer's case)
+    with pytest.raises(phase.SetError, match=r"shape \[2147483648\] is too large"):
+        phase.resolve(huge, {"keras_learning_phase": False})
+    assert bnrewrite.audit(huge).batch_norms  # the audit describes what --set can do, and skips this
     out = tmp_path / "out.pb"
     code, _, err = run(capsys, "rewrite", PHASE / "keras2_phase_placeholder.pb", "-o", out, "--no-verify",
                        "--set", "keras_learning_phase=maybe")
