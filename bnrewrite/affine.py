@@ -85,6 +85,8 @@ class _Step:
 def layout_of(shape: tuple[int, ...]) -> tuple[int, int | None] | None:
     """(channels, negative axis) of a per-channel constant's shape; axis None for a scalar,
     None when more than one dim is wide."""
+    if 0 in shape:
+        return None  # empty: broadcasts against nothing but another empty array
     wide = [i for i, d in enumerate(shape) if d > 1]
     if not wide:
         return 1, None

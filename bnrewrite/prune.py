@@ -44,7 +44,7 @@ def prune(index: GraphIndex, replaced: Mapping[str, Any], added: Iterable[Any], 
             if source in candidates:
                 uses[source] = uses.get(source, 0) + 1
     dead: set[str] = set()
-    work = sorted(candidates)
+    work = list(candidates)  # any order: what dies is whatever no live node reads, a fixpoint
     while work:
         name = work.pop()
         node = current(name)
