@@ -215,14 +215,19 @@ def _window(index: GraphIndex, node: Any) -> tuple[int, int, int] | None:
     if node.op not in WINDOW_OPS:
         return None
     axis = SPATIAL.get(node.attr["data_format"].s.decode(errors="replace") or "NHWC", (1, 2))[0]
-    strides = list(node.attr["strides"].list.i) or [1] * 4
-    dilations = list(node.attr["dilations"].list.i) or [1] * 4
+    # A malformed op (short lists, no weights input) counts as a 1-wide window: TensorFlow
+    # refuses it when the graph runs, with its own message.
+    strides, dilations, ksize = (_along(node.attr[key].list.i, axis) for key in ("strides", "dilations", "ksize"))
     if node.op in ("MaxPool", "AvgPool"):
-        ksize = list(node.attr["ksize"].list.i) or [1] * 4
-        return ksize[axis], 1, strides[axis]
-    weights = index.const_value(index.data_inputs(node.name)[1])
+        return ksize, 1, strides
+    inputs = index.data_inputs(node.name)
+    weights = index.const_value(inputs[1]) if len(inputs) > 1 else None
     size = weights.value.shape[0] if weights is not None and weights.value.ndim == 4 else 1
-    return int(size), dilations[axis], strides[axis]
+    return int(size), dilations, strides
+
+
+def _along(values: Any, axis: int) -> int:
+    return int(values[axis]) if len(values) > axis else 1
 
 
 def _padding_warning(name: str, shape: list[int], stack: ConvStack | None) -> list[str]:
