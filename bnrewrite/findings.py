@@ -114,6 +114,7 @@ def find_batch_norms(index: GraphIndex) -> list[Finding]:
 def _read(variant: Variant, found: Match, index: GraphIndex, root: str) -> Finding | None:
     def attr(role: str, default: Any = None) -> Any:
         key = variant.attrs.get(role)
+        default = variant.defaults.get(role, default)
         return index.attr(root, key, default, ATTR_KINDS[role]) if key else default
 
     values: dict[str, np.ndarray | None] = {

@@ -82,9 +82,14 @@ def _worth_looking(graph: Any) -> bool:
     """A fused op in training mode, or a Mean (tf.nn.moments and TF 1.0's
     sufficient_statistics both reduce with one) next to a Const named like a moving
     statistic: else there is nothing to rescue or to report as rescuable."""
-    training = {v.form: v.attrs["training"] for v in catalogue() if "training" in v.attrs}  # the fused ops
-    if any(training[node.op] in node.attr and node.attr[training[node.op]].b
-           for node in graph.node if node.op in training):
+    fused = {v.form: v for v in catalogue() if "training" in v.attrs}
+
+    def training(node: Any) -> bool:
+        variant = fused[node.op]
+        key = variant.attrs["training"]
+        return node.attr[key].b if key in node.attr else variant.defaults.get("training", False)
+
+    if any(training(node) for node in graph.node if node.op in fused):
         return True
     return any(node.op == "Mean" for node in graph.node) and any(
         node.op == "Const" and (node.name.endswith(EMA_SUFFIX) or _last(node.name) in MOVING_NAMES.values())

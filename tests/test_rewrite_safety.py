@@ -226,3 +226,23 @@ def test_an_edit_reading_a_missing_tensor_is_an_internal_error(builder, monkeypa
     monkeypatch.setattr(nodes, "bias_add", lambda name, x, *rest, **kw: original_bias_add(name, "gone", *rest, **kw))
     with pytest.raises(RuntimeError, match="internal error.*'bn_a' reads 'gone', which is not in the graph"):
         bnrewrite.rewrite(builder.graph)
+
+
+def test_attributes_a_graph_leaves_out_take_the_op_definitions_defaults(builder):
+    """A NodeDef may omit attributes that have defaults: FusedBatchNormV3 without is_training
+    runs in training mode, without epsilon with 0.0001 (the fuzzer's crash_exit1_verify_tolerance_4
+    was folded as inference mode and differed by 3.7)."""
+    base(builder)
+    conv(builder, "conv_a", "x", "w/read")
+    fused_bn(builder, "bn_a", "conv_a", 4)
+    builder.node("out", "Relu", "bn_a", T=F32)
+    bn = next(n for n in builder.graph.node if n.name == "bn_a")
+    del bn.attr["is_training"]
+    del bn.attr["epsilon"]
+    (entry,) = bnrewrite.audit(builder.graph).batch_norms
+    assert entry.training and entry.action == "skip" and entry.reason == "training-mode"
+    bn.attr["is_training"].b = False
+    (entry,) = bnrewrite.audit(builder.graph).batch_norms
+    assert not entry.training and entry.action == "fold" and abs(entry.epsilon - 1e-4) < 1e-9
+    rewritten, _ = bnrewrite.rewrite(builder.graph)
+    same_outputs(builder.graph, rewritten, ["out"])

@@ -19,7 +19,7 @@ family is one entry point in pyproject.toml and registry.BUILTIN.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 from tensorboard.compat.proto import types_pb2
 
@@ -34,6 +34,9 @@ class Variant:
     form: str
     pattern: Pattern | None  # None: found by the affine-chain analysis
     attrs: Mapping[str, str] = field(default_factory=dict)  # role -> attribute of the root
+    # role -> what TensorFlow's op definition gives an attribute the NodeDef leaves out (a
+    # FusedBatchNorm without is_training runs in training mode)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
     # What a batch norm that cannot fold becomes (a plan.FUSED_AS key; None: it stays):
     # "fused-op" one FusedBatchNormV3 over the same tensors (needs no constants),
     # "scale-shift" one Mul and one Add of constant vectors.
