@@ -141,7 +141,7 @@ class Evaluator:
                 value = inner.value.reshape([int(d) for d in shape.value.reshape(-1)])
             else:
                 value = np.expand_dims(inner.value, int(shape.value.reshape(-1)[0]))
-        except (ValueError, IndexError, np.AxisError):
+        except (ValueError, IndexError):  # AxisError is both; numpy 2 has no np.AxisError
             return None
         return Constant(value, inner.ops | through | {node.name}, inner.leaves,
                         inner.leaf_nodes | set(shape.chain), inner.norms)

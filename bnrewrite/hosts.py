@@ -186,11 +186,17 @@ def weights_value(index: GraphIndex, tensor: str) -> ConstValue | None:
     node = index.node(tensor)
     if node is None or node.op != "ExpandDims":
         return index.const_value(tensor)
-    value, axis = (index.const_value(t) for t in index.data_inputs(node.name))
+    inputs = index.data_inputs(node.name)
+    if len(inputs) != 2:  # malformed: TensorFlow refuses it
+        return None
+    value, axis = (index.const_value(t) for t in inputs)
     if value is None or axis is None or axis.value.size != 1:
         return None
-    return ConstValue(np.expand_dims(value.value, int(axis.value.reshape(-1)[0])),
-                      (node.name, *value.chain, *axis.chain))
+    try:
+        expanded = np.expand_dims(value.value, int(axis.value.reshape(-1)[0]))
+    except ValueError:  # an axis out of range (AxisError): TensorFlow refuses it too
+        return None
+    return ConstValue(expanded, (node.name, *value.chain, *axis.chain))
 
 
 def _part(index: GraphIndex, name: str) -> Part:
