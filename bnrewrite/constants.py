@@ -17,6 +17,9 @@ from . import names, tensors
 from .index import PASSTHROUGH, GraphIndex
 
 FLOAT_TYPES = frozenset({types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16, types_pb2.DT_DOUBLE})
+# The largest finite value of each (bfloat16 has float32's exponent and 8 bits of mantissa).
+_LARGEST = {types_pb2.DT_FLOAT: float(np.finfo(np.float32).max), types_pb2.DT_HALF: float(np.finfo(np.float16).max),
+            types_pb2.DT_BFLOAT16: 3.3895313892515355e38, types_pb2.DT_DOUBLE: float(np.finfo(np.float64).max)}
 # Larger constants are not evaluated: per-channel parameters are far smaller.
 MAX_CONSTANT = 1 << 16
 
@@ -115,7 +118,8 @@ class Evaluator:
             return Constant(inner.value.astype(target).astype(np.float64), inner.ops | {node.name, *through},
                             inner.leaves, inner.leaf_nodes, inner.norms)
         table = UNARY if len(inputs) == 1 else BINARY if len(inputs) == 2 else {}
-        if node.op not in table or self.index.attr(node.name, "T", kind=int) not in FLOAT_TYPES:
+        dtype = self.index.attr(node.name, "T", kind=int)
+        if node.op not in table or dtype not in FLOAT_TYPES:
             return None
         parts = [self._constant(t) for t in inputs]
         if any(p is None for p in parts):
@@ -126,6 +130,9 @@ class Evaluator:
             return None
         if value.size > MAX_CONSTANT:
             return None
+        # Where the graph's own type overflows (beta / gamma with a tiny gamma), it computes
+        # an infinity: so does this, and the plan leaves such a batch norm as it is.
+        value = np.where(np.abs(value) > _LARGEST[dtype], np.copysign(np.inf, value), value)
         norms = tuple(n for p in parts for n in p.norms) + self._norm(node, inputs, parts)
         return Constant(value, frozenset({node.name, *through}).union(*(p.ops for p in parts)),
                         tuple(leaf for p in parts for leaf in p.leaves),
