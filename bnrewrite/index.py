@@ -125,7 +125,7 @@ class GraphIndex:
 
     def node_consumers(self, name: str) -> set[str]:
         """Every node that reads any output of `name`, data or control."""
-        return set(self._users.get(name, ()))
+        return set(self.readers(name))
 
     def used_outputs(self, name: str) -> set[int]:
         """Output ports of `name` that some node reads as data."""

@@ -68,10 +68,16 @@ def _plausible(pattern: Pattern, index: GraphIndex, tensor: str) -> bool:
     if node is None or node.op not in pattern.types or ":" in tensor:
         return False
     inputs = index.data_inputs(node.name)
-    if len(inputs) != len(pattern.inputs):
-        return False
-    return _could_be(index, pattern.inputs, inputs) or (
-        node.op in COMMUTATIVE and len(inputs) == 2 and _could_be(index, pattern.inputs, inputs[::-1]))
+    return len(inputs) == len(pattern.inputs) and bool(_orders(index, pattern, node.op, inputs))
+
+
+def _orders(index: GraphIndex, pattern: Op, op: str, inputs: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The orders of `inputs` worth searching: as they are, and swapped for a commutative op,
+    each only where the ops one level down have the types the pattern wants."""
+    orders = [inputs]
+    if op in COMMUTATIVE and len(inputs) == 2 and inputs[0] != inputs[1]:
+        orders.append(inputs[::-1])
+    return [order for order in orders if _could_be(index, pattern.inputs, order)]
 
 
 def _through(index: GraphIndex, tensor: str, wanted: frozenset[str]) -> tuple[str, list[str]]:
@@ -177,10 +183,7 @@ class _Run:
         if len(inputs) != len(pattern.inputs):
             self.fail(depth, lambda: f"{node.name}: {len(inputs)} inputs, want {len(pattern.inputs)}")
             return
-        orders = [inputs]
-        if node.op in COMMUTATIVE and len(inputs) == 2 and inputs[0] != inputs[1]:
-            orders.append(inputs[::-1])
-        orders = [order for order in orders if _could_be(self.index, pattern.inputs, order)]
+        orders = _orders(self.index, pattern, node.op, inputs)
         if not orders:
             self.fail(depth + 1, lambda: f"{node.name}: inputs are not {_skeleton(pattern)}")
             return
