@@ -6,11 +6,16 @@ them or just the first; `check` raises InvalidGraphError for the first.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from . import names
 from .errors import InvalidGraphError
 from .index import GraphIndex
+
+
+# The input's checks and the result's say the same things the same way.
+_NO_OP = "node '{}' has no op"
+_DANGLING = "node '{}' reads '{}', which is not in the graph"
 
 
 def problems(index: GraphIndex, outputs: Iterable[str] = ()) -> list[str]:
@@ -35,21 +40,21 @@ def _structural(index: GraphIndex, outputs: Iterable[str]) -> list[str]:
                   if count > 1]
     if "" in index.nodes:
         found.append("a node has an empty name")
-    found += [f"node '{name}' has no op" for name, op in zip(index.order, index.ops) if not op]
+    found += [_NO_OP.format(name) for name, op in zip(index.order, index.ops) if not op]
     for source in index.missing():
         for reader in dict.fromkeys(index.readers(source)):
-            found += [f"node '{reader}' reads '{ref}', which is not in the graph"
+            found += [_DANGLING.format(reader, ref)
                       for ref in index.nodes[reader].input if names.node_of(ref) == source]
     return found + [f"output '{output}' is not in the graph" for output in outputs
                     if names.node_of(output) not in index.nodes]
 
 
-def edited(present: Callable[[str], bool], touched: Iterable[Any]) -> list[str]:
+def edited(present: Callable[[str], bool], touched: Sequence[Any]) -> list[str]:
     """The check of a rewrite's result, where it changed: the nodes it made or changed
     have an op and read only nodes `present` in the result. (Every other node reads what it
     read before, and pruning removes only what nothing reads.)"""
-    found = [f"node '{node.name}' has no op" for node in touched if not node.op]
-    return found + [f"node '{node.name}' reads '{ref}', which is not in the graph"
+    found = [_NO_OP.format(node.name) for node in touched if not node.op]
+    return found + [_DANGLING.format(node.name, ref)
                     for node in touched for ref in node.input if not present(names.node_of(ref))]
 
 
