@@ -33,6 +33,15 @@ def params(builder):
         builder.const(role, value)
 
 
+def conv_and_rsqrt(builder):
+    """x -> conv, and rsqrt(var + eps) of the constant parameters, for a formula to join."""
+    base(builder)
+    params(builder)
+    conv(builder, "conv", "x", "w/read")
+    binary(builder, "var_eps", "AddV2", "var", "eps")
+    builder.node("rsqrt", "Rsqrt", "var_eps", T=F32)
+
+
 def test_recover_reads_back_what_made_the_map():
     scale = GAMMA / np.sqrt(VARIANCE + EPS)
     found = recover(scale, BETA - MEAN * scale, VARIANCE, EPS, [VARIANCE, MEAN, GAMMA, BETA])
@@ -80,11 +89,7 @@ def test_a_chain_stops_where_an_intermediate_is_read_elsewhere(builder):
     """(x + neg(mean)) * rsqrt(var + eps) is also read by 'side': it stays, so the chain
     above it (gamma, beta) starts from it and has no host; the part below folds into the
     conv. (No pattern lists this spelling: the algebra alone decides.)"""
-    base(builder)
-    params(builder)
-    conv(builder, "conv", "x", "w/read")
-    binary(builder, "var_eps", "AddV2", "var", "eps")
-    builder.node("rsqrt", "Rsqrt", "var_eps", T=F32)
+    conv_and_rsqrt(builder)
     builder.node("neg_mean", "Neg", "mean", T=F32)
     binary(builder, "centered", "AddV2", "conv", "neg_mean")
     binary(builder, "normalized", "Mul", "centered", "rsqrt")
@@ -163,11 +168,7 @@ def test_constants_of_a_higher_rank_than_the_hosts_output_do_not_fold(builder):
 def test_c_minus_x_is_not_a_mean_subtracted_from_a_constant(builder):
     """(c - x) * rsqrt(var + eps) matches the named (x - mean) * rsqrt(...) with x bound to c
     and a non-constant 'mean': the chain of constants explains the same ops, and folds."""
-    base(builder)
-    params(builder)
-    conv(builder, "conv", "x", "w/read")
-    binary(builder, "var_eps", "AddV2", "var", "eps")
-    builder.node("rsqrt", "Rsqrt", "var_eps", T=F32)
+    conv_and_rsqrt(builder)
     binary(builder, "flipped", "Sub", "mean", "conv")
     binary(builder, "y", "Mul", "flipped", "rsqrt")
     builder.node("out", "Relu", "y", T=F32)

@@ -66,12 +66,17 @@ def test_shared_weights_are_cloned_not_overwritten(builder):
     same_outputs(builder.graph, rewritten, ["out_a", "out_b"])
 
 
-def test_fetched_host_output_is_not_folded(builder):
-    """A name the caller fetches must keep its value: folding would rescale conv_a."""
+def folded_conv(builder):
+    """x -> conv_a -> bn_a (FusedBatchNorm) -> out (Relu): a batch norm that folds."""
     base(builder)
     conv(builder, "conv_a", "x", "w/read")
     fused_bn(builder, "bn_a", "conv_a", 4)
     builder.node("out", "Relu", "bn_a", T=F32)
+
+
+def test_fetched_host_output_is_not_folded(builder):
+    """A name the caller fetches must keep its value: folding would rescale conv_a."""
+    folded_conv(builder)
     _, report = bnrewrite.rewrite(builder.graph)
     assert report.batch_norms[0].action == "fold"
     rewritten, report = bnrewrite.rewrite(builder.graph, outputs=["out", "conv_a"])
@@ -194,13 +199,6 @@ def test_ordinary_fp16_fold_is_allowed(builder):
     assert bn.action == "fold"
 
 
-def folded_conv(builder):
-    base(builder)
-    conv(builder, "conv_a", "x", "w/read")
-    fused_bn(builder, "bn_a", "conv_a", 4)
-    builder.node("out", "Relu", "bn_a", T=F32)
-
-
 def test_collector_state_is_restored(builder):
     """The API turns the cyclic garbage collector off while it works, then back to what the
     caller had, also when it raises."""
@@ -232,10 +230,7 @@ def test_attributes_a_graph_leaves_out_take_the_op_definitions_defaults(builder)
     """A NodeDef may omit attributes that have defaults: FusedBatchNormV3 without is_training
     runs in training mode, without epsilon with 0.0001 (the fuzzer's crash_exit1_verify_tolerance_4
     was folded as inference mode and differed by 3.7)."""
-    base(builder)
-    conv(builder, "conv_a", "x", "w/read")
-    fused_bn(builder, "bn_a", "conv_a", 4)
-    builder.node("out", "Relu", "bn_a", T=F32)
+    folded_conv(builder)
     bn = next(n for n in builder.graph.node if n.name == "bn_a")
     del bn.attr["is_training"]
     del bn.attr["epsilon"]
